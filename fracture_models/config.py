@@ -1,0 +1,33 @@
+"""The resolved configuration of one training run: a small typed dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from fracture_models.study import BASELINE_BATCH_SIZE, BASELINE_EPOCHS, BASELINE_HYPERPARAMETERS, BASELINE_IMAGE_SIZE
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a run's result. Defaults are the study's recipe."""
+
+    arch: str = "cnn"
+    epochs: int = BASELINE_EPOCHS
+    lr: float = BASELINE_HYPERPARAMETERS["lr"]
+    step_size: int = BASELINE_HYPERPARAMETERS["step_size"]
+    gamma: float = BASELINE_HYPERPARAMETERS["gamma"]
+    aug_strength: float = BASELINE_HYPERPARAMETERS["aug_strength"]
+    batch_size: int = BASELINE_BATCH_SIZE
+    image_size: int = BASELINE_IMAGE_SIZE
+    weights: str = "none"
+    seed: int = 0
+    device: str = "auto"
+    channels_last: bool | None = None  # None: on CUDA only
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})

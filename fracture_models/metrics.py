@@ -1,0 +1,85 @@
+"""Classification metrics with `fractured` as the positive class, named explicitly.
+
+`classification_metrics` returns a flat dict of scalars (easy to report to any tracker) plus
+two structured entries: `confusion_matrix` (counts with labelled rows = true class and
+columns = predicted class) and `per_class` (scikit-learn's report with support).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
+
+from fracture_models.labels import CLASS_NAMES, NEGATIVE_LABEL, POSITIVE_CLASS, POSITIVE_LABEL
+
+SCALAR_METRICS = (
+    "loss",
+    "accuracy",
+    "fracture_precision",
+    "fracture_recall",
+    "fracture_f1",
+    "fracture_sensitivity",
+    "fracture_specificity",
+    "roc_auc",
+    "fractures_detected",
+    "fractures_missed",
+    "false_alarms",
+    "true_negatives",
+)
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else 0.0
+
+
+def classification_metrics(
+    labels: np.ndarray,
+    fracture_probability: np.ndarray,
+    *,
+    threshold: float = 0.5,
+    loss: float | None = None,
+) -> dict:
+    """Metrics for binary fracture detection; a prediction is `fractured` when p >= threshold."""
+    labels = np.asarray(labels, dtype=np.int64)
+    probability = np.asarray(fracture_probability, dtype=np.float64)
+    if labels.shape != probability.shape or labels.ndim != 1:
+        raise ValueError(f"labels {labels.shape} and probabilities {probability.shape} must be equal 1-D shapes")
+    predicted = np.where(probability >= threshold, POSITIVE_LABEL, NEGATIVE_LABEL)
+    order = list(range(len(CLASS_NAMES)))
+    matrix = confusion_matrix(labels, predicted, labels=order)
+    tp = int(matrix[POSITIVE_LABEL, POSITIVE_LABEL])
+    fn = int(matrix[POSITIVE_LABEL, NEGATIVE_LABEL])
+    fp = int(matrix[NEGATIVE_LABEL, POSITIVE_LABEL])
+    tn = int(matrix[NEGATIVE_LABEL, NEGATIVE_LABEL])
+    precision = _ratio(tp, tp + fp)
+    sensitivity = _ratio(tp, tp + fn)
+    both_classes = len(np.unique(labels)) == 2
+    report = classification_report(
+        labels, predicted, labels=order, target_names=list(CLASS_NAMES), output_dict=True, zero_division=0
+    )
+    return {
+        "loss": float(loss) if loss is not None else math.nan,
+        "accuracy": _ratio(tp + tn, len(labels)),
+        "fracture_precision": precision,
+        "fracture_recall": sensitivity,
+        "fracture_f1": _ratio(2 * precision * sensitivity, precision + sensitivity),
+        "fracture_sensitivity": sensitivity,
+        "fracture_specificity": _ratio(tn, tn + fp),
+        "roc_auc": float(roc_auc_score(labels, probability)) if both_classes else math.nan,
+        "fractures_detected": tp,
+        "fractures_missed": fn,
+        "false_alarms": fp,
+        "true_negatives": tn,
+        "threshold": threshold,
+        "positive_class": POSITIVE_CLASS,
+        "num_images": int(len(labels)),
+        "confusion_matrix": {"labels": list(CLASS_NAMES), "matrix": matrix.tolist()},
+        "per_class": report,
+    }
+
+
+def scalar_metrics(metrics: dict) -> dict[str, float]:
+    """Only the numeric entries: what a tracker plots per epoch."""
+    return {k: v for k, v in metrics.items() if k in SCALAR_METRICS}

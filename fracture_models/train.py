@@ -1,0 +1,158 @@
+"""A single training run of the study's recipe.
+
+    python -m fracture_models.train --arch cnn --data-dir DIR [--epochs 10 --lr 1e-3 ...] [--out DIR]
+
+Trains on train, evaluates validation after every epoch, keeps the checkpoint with the best
+validation fracture F1, and evaluates that checkpoint once on test. Writes to --out:
+metrics.json, config.json, checkpoint.pt, confusion_matrix.png, loss_curves.png and
+excluded_files.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+from fracture_models.cli import (
+    configure_logging,
+    get_common_parser,
+    get_hyperparameter_parser,
+    resolve_data_dir,
+    run_main,
+)
+from fracture_models.config import TrainConfig
+from fracture_models.data import ExcludedFile, load_dataset
+from fracture_models.engine import (
+    build_training,
+    evaluate,
+    fit,
+    load_checkpoint,
+    make_checkpoint,
+    make_loaders,
+    restore_training,
+    save_checkpoint,
+    select_device,
+)
+from fracture_models.loader import BatchLoader
+from fracture_models.metrics import scalar_metrics
+from fracture_models.plots import plot_confusion_matrix, plot_loss_curves
+
+logger = logging.getLogger("fracture_models.train")
+
+SELECTION_METRIC = "val_fracture_f1"
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train one model with the study's recipe; select on validation, test once.",
+        parents=[get_common_parser(), get_hyperparameter_parser()],
+        add_help=add_help,
+    )
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/train/<arch>-<time>)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        arch=args.arch,
+        epochs=args.epochs,
+        lr=args.lr,
+        step_size=args.step_size,
+        gamma=args.gamma,
+        aug_strength=args.aug_strength,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        weights=args.weights,
+        seed=args.seed,
+        device=args.device,
+    )
+
+
+def write_excluded(excluded: list[ExcludedFile], path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "reason"])
+        writer.writerows([bad.path, bad.reason] for bad in excluded)
+
+
+def _json_safe(value):
+    """NaN is not JSON: write null instead."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    configure_logging()
+    config = config_from_args(args)
+    out: Path = args.out or Path("runs") / "train" / f"{config.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    device = select_device(config.device)
+    # Fail on a bad architecture or missing weights before the (slow) decode.
+    state = build_training(config, device)
+    dataset = load_dataset(
+        resolve_data_dir(args),
+        config.image_size,
+        cache_dir=args.cache_dir,
+        max_bad_fraction=args.max_bad_fraction,
+        progress=not args.quiet,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps({"config": config.to_dict(), "dataset": dataset.summary()}, indent=2) + "\n")
+    write_excluded(dataset.excluded, out / "excluded_files.csv")
+    logger.info(
+        "Training %s on %s (%s) for %d epochs on %s; %d files excluded (listed in %s)",
+        config.arch, dataset.root, ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items()),
+        config.epochs, device, len(dataset.excluded), out / "excluded_files.csv",
+    )
+
+    train_loader, val_loader = make_loaders(state, dataset.train, dataset.val)
+    best = {"value": -math.inf, "epoch": 0, "val": None}
+    checkpoint_path = out / "checkpoint.pt"
+
+    def keep_best(row: dict, val: dict, state) -> None:
+        if row[SELECTION_METRIC] > best["value"]:
+            best.update(value=row[SELECTION_METRIC], epoch=row["epoch"], val=val)
+            save_checkpoint(make_checkpoint(state, scalar_metrics(val)), checkpoint_path)
+
+    history = fit(state, train_loader, val_loader, on_epoch_end=keep_best, progress=not args.quiet)
+
+    # The test split is evaluated exactly once, for the checkpoint selected on validation.
+    restore_training(state, load_checkpoint(checkpoint_path))
+    test_loader = BatchLoader(dataset.test, config.batch_size, device=device, channels_last=state.channels_last)
+    test = evaluate(state, test_loader)
+
+    plot_confusion_matrix(test["confusion_matrix"], out / "confusion_matrix.png", title=f"{config.arch}: test (epoch {best['epoch']})")
+    plot_loss_curves(history, out / "loss_curves.png", title=f"{config.arch}: loss")
+    metrics = {
+        "config": config.to_dict(),
+        "dataset": dataset.summary(),
+        "selection_metric": SELECTION_METRIC,
+        "best_epoch": best["epoch"],
+        "history": history,
+        "best_val": best["val"],
+        "test": test,
+    }
+    (out / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
+    print(
+        f"Best epoch {best['epoch']} (val fracture F1 {best['value']:.4f}). Test: accuracy {test['accuracy']:.4f}, "
+        f"fracture sensitivity {test['fracture_sensitivity']:.4f}, specificity {test['fracture_specificity']:.4f}, "
+        f"F1 {test['fracture_f1']:.4f}, ROC AUC {test['roc_auc']:.4f}.\nResults in {out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
