@@ -47,7 +47,7 @@ def create_model(name: str, *, num_classes: int = 2, weights: str = "none", imag
 class StudyCNN(nn.Module):
     """Four conv3x3-BN-ReLU-maxpool blocks (32, 64, 128, 256), then FC 1024-512-128-classes.
 
-    At 224 px the flatten size is 256 x 14 x 14 = 50,176 and the model has 52,361,446
+    At 224 px the flatten size is 256 x 14 x 14 = 50,176 and the model has 52,361,346
     parameters, as in the study; at other sizes the flatten size follows the image size.
     """
 

@@ -1,6 +1,6 @@
 """Generated X-ray-like images in the Kaggle dataset's exact folder layout.
 
-    python -m fracture_models.synthetic OUT_DIR [--train 400 --val 100 --test 100 --image-size 128 --seed 0]
+    python -m fracture_models.synthetic OUT_DIR [--train 600 --val 200 --test 200 --image-size 128 --seed 0]
 
 Each image is a procedural long bone (bright cortex, darker marrow, wider ends, slight bend) in
 soft tissue. A `fractured` bone has a jagged dark break across its shaft, often displaced.
@@ -38,9 +38,9 @@ GENERATOR_VERSION = 2  # bump when the images change, so cached copies are regen
 class SyntheticSpec:
     """What determines a generated dataset; equal specs give byte-identical files."""
 
-    train: int = 400
-    val: int = 100
-    test: int = 100
+    train: int = 600
+    val: int = 200
+    test: int = 200
     image_size: int = 128
     seed: int = 0
     difficulty: float = 1.0

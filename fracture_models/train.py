@@ -27,7 +27,7 @@ from fracture_models.cli import (
     run_main,
 )
 from fracture_models.config import TrainConfig
-from fracture_models.data import ExcludedFile, load_dataset
+from fracture_models.data import ExcludedFile, load_dataset, resolve_dataset_root
 from fracture_models.engine import (
     build_training,
     evaluate,
@@ -100,10 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out or Path("runs") / "train" / f"{config.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     device = select_device(config.device)
-    # Fail on a bad architecture or missing weights before the (slow) decode.
-    state = build_training(config, device)
+    data_dir = resolve_dataset_root(resolve_data_dir(args))  # fail fast on a bad path
+    state = build_training(config, device)  # fail on missing weights before the (slow) decode
     dataset = load_dataset(
-        resolve_data_dir(args),
+        data_dir,
         config.image_size,
         cache_dir=args.cache_dir,
         max_bad_fraction=args.max_bad_fraction,

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fracture_models.engine import load_checkpoint
+from fracture_models.train import main
+
+# Chance on the balanced 200-image validation split is 0.5 with a standard deviation of
+# sqrt(0.25 / 200) = 0.035; 0.70 is more than five standard deviations above it.
+CLEARLY_BETTER_THAN_CHANCE = 0.70
+
+
+def test_short_cpu_training_beats_chance_and_writes_every_output(learnable_download: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    code = main(["--arch", "cnn", "--data-dir", str(learnable_download), "--image-size", "64", "--epochs", "8", "--batch-size", "16", "--out", str(out), "--quiet"])
+    assert code == 0
+    for name in ("metrics.json", "config.json", "checkpoint.pt", "confusion_matrix.png", "loss_curves.png", "excluded_files.csv"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["history"]) == 8
+    best = metrics["best_epoch"]
+    assert metrics["best_val"]["fracture_f1"] == max(row["val_fracture_f1"] for row in metrics["history"])
+    assert metrics["best_val"]["accuracy"] >= CLEARLY_BETTER_THAN_CHANCE, metrics["history"]
+    test = metrics["test"]
+    assert test["num_images"] == 100 and test["positive_class"] == "fractured"
+    assert sum(map(sum, test["confusion_matrix"]["matrix"])) == 100
+    checkpoint = load_checkpoint(out / "checkpoint.pt")  # weights_only=True
+    assert checkpoint["epoch"] == best and checkpoint["config"]["arch"] == "cnn"
+    assert set(checkpoint) >= {"model", "optimizer", "scheduler", "epoch", "config"}
+    assert all(isinstance(v, torch.Tensor) for v in checkpoint["model"].values())
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fracture_models.train", "--quiet", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "make_args, expected",
+    [
+        (lambda root, tmp: ["--data-dir", str(tmp / "nowhere")], "Dataset folder not found"),
+        (lambda root, tmp: ["--data-dir", str(root), "--arch", "alexnet"], "invalid choice: 'alexnet'"),
+        (lambda root, tmp: ["--data-dir", str(tmp / "broken")], "Class folder missing"),
+        (lambda root, tmp: ["--data-dir", str(root), "--arch", "cnn", "--weights", "imagenet"], "no pretrained weights"),
+    ],
+    ids=["bad path", "unknown arch", "missing class folder", "weights for the cnn"],
+)
+def test_user_errors_print_one_clear_message(small_download: Path, tmp_path: Path, make_args, expected: str):
+    broken = tmp_path / "broken"
+    for split in ("train", "val", "test"):
+        (broken / split / "fractured").mkdir(parents=True)
+    result = _cli(*make_args(small_download, tmp_path), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "metrics.json").exists()
