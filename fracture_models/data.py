@@ -253,7 +253,7 @@ def decode_split(
         if progress:
             from tqdm import tqdm
 
-            results = tqdm(results, total=len(files), desc=f"decode {split}", unit="img", leave=False)
+            results = tqdm(results, total=len(files), desc=f"decode {split}", unit="img", leave=False, disable=None)
         for (path, label), (array, content_hash, reason) in zip(files, results):
             relative = str(path.relative_to(root))
             content.update(f"{relative}|{label}|{content_hash}\n".encode())

@@ -61,7 +61,12 @@ class TrainingState:
 
     @property
     def channels_last(self) -> bool:
-        return self.config.channels_last if self.config.channels_last is not None else self.device.type == "cuda"
+        return uses_channels_last(self.config, self.device)
+
+
+def uses_channels_last(config: TrainConfig, device: torch.device) -> bool:
+    """channels_last where asked, else on CUDA (where tensor cores want it)."""
+    return config.channels_last if config.channels_last is not None else device.type == "cuda"
 
 
 def build_training(config: TrainConfig, device: torch.device | None = None) -> TrainingState:
@@ -69,14 +74,12 @@ def build_training(config: TrainConfig, device: torch.device | None = None) -> T
     device = device or select_device(config.device)
     seed_everything(config.seed)
     model = create_model(config.arch, weights=config.weights, image_size=config.image_size).to(device)
-    state = TrainingState(config=config, device=device, model=model, optimizer=None, scheduler=None, scaler=None)  # type: ignore[arg-type]
-    if state.channels_last:
+    if uses_channels_last(config, device):
         model.to(memory_format=torch.channels_last)
-    state.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    state.scheduler = torch.optim.lr_scheduler.StepLR(state.optimizer, step_size=config.step_size, gamma=config.gamma)
-    if autocast_dtype(device) == torch.float16:
-        state.scaler = torch.amp.GradScaler("cuda")
-    return state
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+    scaler = torch.amp.GradScaler("cuda") if autocast_dtype(device) == torch.float16 else None
+    return TrainingState(config, device, model, optimizer, scheduler, scaler)
 
 
 def make_loaders(state: TrainingState, train_split, val_split) -> tuple[BatchLoader, BatchLoader]:
@@ -100,7 +103,7 @@ def train_one_epoch(state: TrainingState, loader: BatchLoader, *, progress: bool
     if progress:
         from tqdm import tqdm
 
-        batches = tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+        batches = tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=None)  # None: off when not a terminal
     for inputs, labels in batches:
         with torch.autocast(state.device.type, dtype=amp, enabled=amp is not None):
             logits = model(inputs)
