@@ -64,9 +64,16 @@ class TrainingState:
         return uses_channels_last(self.config, self.device)
 
 
+# Where channels_last pays without CUDA: measured 1.25x for resnet50 at 224 px on a 2-core CPU,
+# 0.9-1.07x for the others (benchmarks/README.md).
+CPU_CHANNELS_LAST = frozenset({"resnet50"})
+
+
 def uses_channels_last(config: TrainConfig, device: torch.device) -> bool:
-    """channels_last where asked, else on CUDA (where tensor cores want it)."""
-    return config.channels_last if config.channels_last is not None else device.type == "cuda"
+    """channels_last where asked, else on CUDA (tensor cores want it) and where the CPU gains."""
+    if config.channels_last is not None:
+        return config.channels_last
+    return device.type == "cuda" or config.arch in CPU_CHANNELS_LAST
 
 
 def build_training(config: TrainConfig, device: torch.device | None = None) -> TrainingState:

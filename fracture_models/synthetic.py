@@ -31,7 +31,7 @@ from fracture_models.labels import CLASS_NAMES, POSITIVE_LABEL, SPLITS
 logger = logging.getLogger(__name__)
 
 MANIFEST = "synthetic.json"
-GENERATOR_VERSION = 2  # bump when the images change, so cached copies are regenerated
+GENERATOR_VERSION = 3  # bump when the images change, so cached copies are regenerated
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,10 @@ class SyntheticSpec:
 def _smoothstep(x: np.ndarray) -> np.ndarray:
     x = np.clip(x, 0.0, 1.0)
     return x * x * (3 - 2 * x)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1 + np.tanh(0.5 * z))  # overflow-free logistic
 
 
 def _jagged(rng: np.random.Generator, b: np.ndarray, amplitude: float, pieces: int) -> np.ndarray:
@@ -93,7 +97,7 @@ def _bone(
     local_width = half_width * (1 + 0.55 * end)
     d = np.abs(b) / local_width
     soft = 0.6 / (x.shape[1] * half_width)
-    inside = 1 / (1 + np.exp(-(1 - d) / soft)) * 1 / (1 + np.exp(-(half_length - np.abs(a)) / (soft * half_width * 4)))
+    inside = _sigmoid((1 - d) / soft) * _sigmoid((half_length - np.abs(a)) / (soft * half_width * 4))
     cortex = rng.uniform(0.25, 0.45)
     density = inside * (1 - cortex + cortex * np.clip(d, 0, 1) ** 3)
     return density * (1 - gap)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import math
 import sys
@@ -41,6 +40,7 @@ from fracture_models.engine import (
 )
 from fracture_models.loader import BatchLoader
 from fracture_models.metrics import scalar_metrics
+from fracture_models.records import write_json
 from fracture_models.plots import plot_confusion_matrix, plot_loss_curves
 
 logger = logging.getLogger("fracture_models.train")
@@ -82,17 +82,6 @@ def write_excluded(excluded: list[ExcludedFile], path: Path) -> None:
         writer.writerows([bad.path, bad.reason] for bad in excluded)
 
 
-def _json_safe(value):
-    """NaN is not JSON: write null instead."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     configure_logging()
@@ -110,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.quiet,
     )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({"config": config.to_dict(), "dataset": dataset.summary()}, indent=2) + "\n")
+    write_json(out / "config.json", {"config": config.to_dict(), "dataset": dataset.summary()})
     write_excluded(dataset.excluded, out / "excluded_files.csv")
     logger.info(
         "Training %s on %s (%s) for %d epochs on %s; %d files excluded (listed in %s)",
@@ -145,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "best_val": best["val"],
         "test": test,
     }
-    (out / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
+    write_json(out / "metrics.json", metrics)
     print(
         f"Best epoch {best['epoch']} (val fracture F1 {best['value']:.4f}). Test: accuracy {test['accuracy']:.4f}, "
         f"fracture sensitivity {test['fracture_sensitivity']:.4f}, specificity {test['fracture_specificity']:.4f}, "

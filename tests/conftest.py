@@ -47,3 +47,21 @@ def learnable_download(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("learnable")
     generate(out, SyntheticSpec(train=600, val=200, test=100, image_size=96, seed=0, difficulty=0.75))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_download(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smallest generated dataset a search can run on in seconds."""
+    out = tmp_path_factory.mktemp("tiny")
+    generate(out, SyntheticSpec(train=48, val=32, test=16, image_size=40, seed=2, difficulty=0.5))
+    return out
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole test session (starting Ray costs seconds)."""
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,123 @@
+"""Searches with a real local Ray, real Optuna storage (SQLite) and real image files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from ray import tune
+
+from fracture_models.errors import UserError
+from fracture_models.study import BASELINE_HYPERPARAMETERS
+from tuning.run import main
+from tuning.searcher import RAY_TRIAL_ID
+
+
+def _args(data: Path, storage: Path, name: str, *extra: str) -> list[str]:
+    return [
+        "--arch", "cnn", "--data-dir", str(data), "--image-size", "32", "--batch-size", "16",
+        "--storage-path", str(storage), "--name", name, "--cpus-per-trial", "1", *extra,
+    ]
+
+
+def _study(storage: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{storage / name / 'optuna.db'}")
+
+
+def _reported_keys(trial_dir: Path) -> set[str]:
+    keys: set[str] = set()
+    for line in (trial_dir / "result.json").read_text().splitlines():
+        keys |= set(json.loads(line))
+    return keys
+
+
+def test_search_runs_baseline_first_stops_early_and_tests_only_the_winner(ray_session, tiny_download: Path, tmp_path: Path):
+    # val_loss is continuous, so ASHA's rung cut-offs never tie on this tiny task.
+    code = main(_args(tiny_download, tmp_path, "search", "--num-samples", "5", "--epochs", "4", "--grace-period", "1", "--reduction-factor", "2", "--metric", "val_loss"))
+    assert code == 0
+    summary = json.loads((tmp_path / "search" / "summary.json").read_text())
+    assert summary["num_trials"] == 5
+
+    study = _study(tmp_path, "search")
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert len(trials) == 5
+    assert trials[0].params == pytest.approx(dict(BASELINE_HYPERPARAMETERS))  # trial 1 is the baseline
+    states = [t.state for t in trials]
+    assert all(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for s in states)
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned, "ASHA stopped no trial early"
+    assert summary["trials_stopped_early"] == len(pruned)
+    assert all(t.user_attrs["stopped_at_epoch"] < 4 for t in pruned)
+    assert {t.user_attrs[RAY_TRIAL_ID] for t in trials} == {row["trial_id"] for row in summary["trials"]}
+    assert summary["epochs_trained"] < summary["epochs_budget"] == 20
+
+    # Selection on validation; the test split reaches no trial and is evaluated once, for the winner.
+    assert summary["best_trial"]["best_value"] == min(r["best_value"] for r in summary["trials"])
+    assert summary["test_evaluated_for"] == summary["best_trial"]["trial_id"]
+    assert summary["test"]["num_images"] == 16
+    for row in summary["trials"]:
+        keys = _reported_keys(Path(row["path"]))
+        assert {"val_loss", "val_fracture_f1", "val_fractures_missed", "val_false_alarms"} <= keys
+        assert not any(k.startswith("test") for k in keys)
+
+
+def test_impossible_gpu_request_fails_at_once(ray_session, tiny_download: Path, tmp_path: Path):
+    start = time.monotonic()
+    with pytest.raises(UserError, match="no GPUs"):
+        main(_args(tiny_download, tmp_path, "gpu", "--num-samples", "2", "--epochs", "1", "--gpus-per-trial", "1"))
+    assert time.monotonic() - start < 30
+
+
+class _InterruptAfter(tune.Callback):
+    """Presses Ctrl-C (SIGINT to this process) once `count` trials have finished.
+
+    Tune pickles callbacks with the experiment and restores them on resume; the flag lives on
+    the class so the restored copy does not press Ctrl-C again.
+    """
+
+    sent = False
+
+    def __init__(self, count: int) -> None:
+        self.count, self.done = count, 0
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done += 1
+        if self.done >= self.count and not type(self).sent:
+            type(self).sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_interrupt_then_resume_runs_n_trials_none_twice(ray_session, tiny_download: Path, tmp_path: Path):
+    from tuning.run import get_args_parser, run_search
+
+    args = _args(tiny_download, tmp_path, "resumable", "--num-samples", "5", "--epochs", "3", "--scheduler", "none")
+    code = run_search(get_args_parser().parse_args(args), callbacks=[_InterruptAfter(2)])
+    assert code == 130
+    study = _study(tmp_path, "resumable")
+    finished_before = [t for t in study.trials if t.state.is_finished()]
+    assert 2 <= len(finished_before) < 5
+    assert not (tmp_path / "resumable" / "summary.json").exists()
+
+    assert main(args + ["--resume"]) == 0
+    trials = _study(tmp_path, "resumable").trials
+    assert len(trials) == 5 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    ray_ids = [t.user_attrs[RAY_TRIAL_ID] for t in trials]
+    assert len(set(ray_ids)) == 5
+    summary = json.loads((tmp_path / "resumable" / "summary.json").read_text())
+    assert sorted(r["trial_id"] for r in summary["trials"]) == sorted(ray_ids)
+    assert all(r["epochs"] == 3 for r in summary["trials"])
+    # Finished trials were not run again: their Optuna records are unchanged.
+    after = {t.number: t for t in trials}
+    for t in finished_before:
+        assert after[t.number].datetime_complete == t.datetime_complete
+
+
+def test_existing_name_without_resume_is_refused(ray_session, tiny_download: Path, tmp_path: Path):
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(UserError, match="--resume"):
+        main(_args(tiny_download, tmp_path, "taken", "--num-samples", "1", "--epochs", "1"))

@@ -1,0 +1,42 @@
+"""Check a per-trial resource request against the cluster before any trial is queued.
+
+Ray would otherwise leave an impossible trial PENDING forever (a GPU on a CPU-only cluster,
+2 GPUs per trial where no node has 2).
+"""
+
+from __future__ import annotations
+
+from fracture_models.errors import UserError
+
+
+def default_gpus_per_trial() -> float:
+    """1 where the cluster has GPUs, else 0."""
+    import ray
+
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def check_trial_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """Raise a UserError unless at least one alive node can hold one trial."""
+    import ray
+
+    if cpus_per_trial <= 0 and gpus_per_trial <= 0:
+        raise UserError("A trial needs some resources: --cpus-per-trial or --gpus-per-trial must be > 0.")
+    if gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial):
+        raise UserError(f"--gpus-per-trial above 1 must be a whole number, got {gpus_per_trial}.")
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    fits = [n for n in nodes if n.get("CPU", 0) >= cpus_per_trial and n.get("GPU", 0) >= gpus_per_trial]
+    if fits:
+        return
+    total_gpus = sum(n.get("GPU", 0) for n in nodes)
+    largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
+    if gpus_per_trial > 0 and total_gpus == 0:
+        raise UserError(
+            f"--gpus-per-trial {gpus_per_trial:g} asked for, but this Ray cluster has no GPUs. "
+            "Use --gpus-per-trial 0 to train on CPUs, or connect to a cluster with GPUs with --address."
+        )
+    raise UserError(
+        f"No node can hold one trial of {cpus_per_trial:g} CPUs and {gpus_per_trial:g} GPUs; the largest node has "
+        f"{largest.get('CPU', 0):g} CPUs and {largest.get('GPU', 0):g} GPUs. Lower --cpus-per-trial / --gpus-per-trial "
+        "(fractions such as 0.25 GPU share a device between trials)."
+    )

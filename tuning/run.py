@@ -1,0 +1,274 @@
+"""Hyperparameter search around the study's baseline: Ray Tune + Optuna TPE + ASHA.
+
+    python -m tuning.run --arch vgg16 --num-samples 50
+
+Trials run wherever the Ray cluster has room (every GPU of this machine, or of the cluster
+given by --address). The baseline is the first trial; the Optuna study lives in a persistent
+storage; ASHA stops poor trials early. The winner is chosen on validation and its best
+checkpoint is evaluated once on the test split. Results go to <storage-path>/<name>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from fracture_models.cli import configure_logging, get_common_parser, resolve_data_dir, run_main
+from fracture_models.data import load_dataset, load_split, resolve_dataset_root
+from fracture_models.errors import UserError
+from fracture_models.records import write_json
+from fracture_models.study import BASELINE_HYPERPARAMETERS
+
+logger = logging.getLogger("tuning.run")
+
+METRICS = {  # name -> mode; validation metrics only (selection never looks at test)
+    "val_fracture_f1": "max",
+    "val_accuracy": "max",
+    "val_roc_auc": "max",
+    "val_fracture_sensitivity": "max",
+    "val_fracture_specificity": "max",
+    "val_loss": "min",
+}
+JOB_FILE = "job.json"
+SUMMARY_FILE = "summary.json"
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Search learning rate, StepLR step size and gamma, and augmentation strength around the study's baseline.",
+        parents=[get_common_parser()],
+        add_help=add_help,
+    )
+    search = parser.add_argument_group("search")
+    search.add_argument("--num-samples", type=int, default=20, help="trials in all, the baseline included (default: %(default)s)")
+    search.add_argument("--metric", default="val_fracture_f1", choices=sorted(METRICS), help="validation metric to optimise (default: %(default)s)")
+    search.add_argument("--scheduler", default="asha", choices=["asha", "none"], help="early stopping (default: %(default)s)")
+    search.add_argument("--grace-period", type=int, default=3, help="ASHA: epochs every trial gets before it can be stopped (default: %(default)s)")
+    search.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA: keep the top 1/factor at each rung (default: %(default)s)")
+    search.add_argument("--optuna-storage", default=None, help="Optuna storage URL (default: sqlite file optuna.db in the experiment folder)")
+    cluster = parser.add_argument_group("resources")
+    cluster.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial, fractions allowed (default: 1 where GPUs exist, else 0)")
+    cluster.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default: %(default)s)")
+    cluster.add_argument("--max-concurrent", type=int, default=0, help="most trials at once; 0 = as many as fit (default: %(default)s)")
+    cluster.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial from its last checkpoint (default: %(default)s)")
+    cluster.add_argument("--address", default=None, help="address of a running Ray cluster (default: start a local one)")
+    job = parser.add_argument_group("job")
+    job.add_argument("--storage-path", default="./runs/tune", help="experiment folder root, local or s3:// (default: %(default)s)")
+    job.add_argument("--name", default=None, help="experiment name (default: <arch>-<time>); reuse it with --resume")
+    job.add_argument("--resume", action="store_true", help="continue the experiment --name to --num-samples trials in all")
+    job.add_argument("--team", default=os.environ.get("FRACTURE_TEAM", "default"), help="team name recorded with the job (default: $FRACTURE_TEAM or %(default)s)")
+    job.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)")
+    return parser
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if args.num_samples < 1:
+        raise UserError(f"--num-samples must be at least 1, got {args.num_samples}.")
+    if args.grace_period < 1 or args.reduction_factor <= 1:
+        raise UserError("--grace-period must be >= 1 and --reduction-factor > 1.")
+    if args.max_concurrent < 0 or args.max_failures < 0:
+        raise UserError("--max-concurrent and --max-failures must be >= 0.")
+
+
+def _experiment_path(args: argparse.Namespace, name: str) -> str:
+    root = args.storage_path
+    if "://" not in root:
+        root = str(Path(root).expanduser().resolve())
+    return f"{root.rstrip('/')}/{name}"
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        raise UserError(f"Could not connect to the Ray cluster at {address}: {exc}. Start it with `ray start --head` or drop --address.") from exc
+
+
+def _check_weights(arch: str, weights: str, image_size: int) -> None:
+    """Fail before any trial when the weights cannot be loaded (offline, wrong path)."""
+    from fracture_models.models import create_model
+
+    create_model(arch, weights=weights, image_size=image_size)
+
+
+def _reporter(metric: str):
+    from ray.tune import CLIReporter
+
+    return CLIReporter(
+        metric_columns={"training_iteration": "epoch", metric: metric.replace("val_", "val "), "val_loss": "val loss"},
+        parameter_columns={"lr": "lr", "step_size": "step", "gamma": "gamma", "aug_strength": "aug"},
+        max_report_frequency=20,
+        sort_by_metric=True,  # by TuneConfig's metric and mode
+        max_progress_rows=15,
+    )
+
+
+def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> int:
+    """The whole job; returns the exit code. `callbacks` are extra Ray Tune callbacks."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from tuning.resources import check_trial_resources, default_gpus_per_trial
+    from tuning.search_space import baseline_point, describe, search_space
+    from tuning.searcher import make_searcher, open_storage
+    from tuning.summary import best_checkpoint_dir, evaluate_checkpoint_on_test, format_summary, is_baseline, study_reference, trial_rows
+    from tuning.trainable import train_fracture_model
+
+    _validate(args)
+    metric, mode = args.metric, METRICS[args.metric]
+    name = args.name or f"{args.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    experiment = _experiment_path(args, name)
+    local = "://" not in experiment
+    if local and not args.resume and Path(experiment).exists():
+        raise UserError(f"Experiment {experiment} exists already: pass --resume to continue it, or choose another --name.")
+    if args.resume and not tune.Tuner.can_restore(experiment):
+        raise UserError(f"Nothing to resume at {experiment}: check --name and --storage-path.")
+
+    data_root = resolve_dataset_root(resolve_data_dir(args))
+    _check_weights(args.arch, args.weights, args.image_size)
+    dataset = load_dataset(data_root, args.image_size, splits=("train", "val"), cache_dir=args.cache_dir, max_bad_fraction=args.max_bad_fraction, progress=True)
+    job = {
+        "name": name,
+        "arch": args.arch,
+        "num_samples": args.num_samples,
+        "epochs": args.epochs,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "weights": args.weights,
+        "seed": args.seed,
+        "metric": metric,
+        "mode": mode,
+        "team": args.team,
+        "user": os.environ.get("USER") or os.environ.get("USERNAME") or "unknown",
+        "data_root": str(data_root),
+        "data_fingerprint": dataset.fingerprint,
+        "scheduler": {"name": args.scheduler, "grace_period": args.grace_period, "reduction_factor": args.reduction_factor},
+        "search_space": describe(search_space(args.arch)),
+        "baseline": dict(BASELINE_HYPERPARAMETERS),
+    }
+    job_file = Path(experiment) / JOB_FILE if local else None
+    if args.resume and job_file is not None and job_file.is_file():
+        previous = json.loads(job_file.read_text())
+        for key in ("arch", "data_fingerprint", "image_size", "epochs", "metric"):
+            if previous.get(key) != job[key]:
+                raise UserError(f"--resume of {name}: {key} was {previous.get(key)!r}, now {job[key]!r}. Resume with the same data and settings.")
+        job = previous
+
+    optuna_url = args.optuna_storage or (f"sqlite:///{experiment}/optuna.db" if local else None)
+    if optuna_url is None:
+        raise UserError("With a remote --storage-path, give --optuna-storage (e.g. a PostgreSQL URL).")
+    job["optuna_storage"] = optuna_url
+    if job_file is not None:
+        write_json(job_file, job)
+
+    _init_ray(args.address)
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else default_gpus_per_trial()
+    check_trial_resources(args.cpus_per_trial, gpus)
+
+    base_config = {k: job[k] for k in ("arch", "epochs", "image_size", "batch_size", "weights", "seed")}
+    trainable = tune.with_resources(
+        tune.with_parameters(train_fracture_model, base_config=base_config, train_split=dataset.train, val_split=dataset.val),
+        {"cpu": args.cpus_per_trial, "gpu": gpus},
+    )
+    try:
+        storage = open_storage(optuna_url)
+    except Exception as exc:  # noqa: BLE001 - any driver or connection error
+        raise UserError(f"Cannot open the Optuna storage {optuna_url}: {exc}") from exc
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the trimmed table below instead of Ray's default output
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # expected: we checkpoint every epoch
+    if args.resume:
+        logger.info("Resuming %s", experiment)
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        searcher = make_searcher(
+            search_space(args.arch), metric=metric, mode=mode, study_name=name, storage=storage,
+            seed=args.seed, num_samples=args.num_samples, max_epochs=args.epochs,
+        )
+        if args.scheduler == "asha":
+            scheduler = ASHAScheduler(max_t=args.epochs, grace_period=min(args.grace_period, args.epochs), reduction_factor=args.reduction_factor)
+        else:
+            scheduler = FIFOScheduler()
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric=metric, mode=mode, search_alg=searcher, scheduler=scheduler, num_samples=args.num_samples,
+                max_concurrent_trials=args.max_concurrent or None, reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=experiment.rsplit("/", 1)[0],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric, checkpoint_score_order=mode),
+                failure_config=tune.FailureConfig(max_failures=args.max_failures),
+                progress_reporter=_reporter(metric),
+                callbacks=callbacks,
+                verbose=1,
+            ),
+        )
+    results = tuner.fit()
+
+    study = optuna.load_study(study_name=job["name"], storage=storage)
+    finished = [t for t in study.trials if t.state.is_finished()]
+    total = job["num_samples"]
+    if len(finished) < total:
+        print(
+            f"\nStopped with {len(finished)} of {total} trials finished; nothing is lost.\n"
+            f"Continue with: python -m tuning.run --arch {job['arch']} --name {job['name']} --storage-path {args.storage_path} --resume ...",
+            file=sys.stderr,
+        )
+        return 130
+
+    rows = trial_rows(results, baseline_point().keys(), metric, mode, job["epochs"])
+    best = rows[0]
+    winner = next(r for r in results if r.path == best["path"])
+    test_split = load_split(data_root, "test", job["image_size"], cache_dir=args.cache_dir, max_bad_fraction=args.max_bad_fraction)
+    test = evaluate_checkpoint_on_test(best_checkpoint_dir(winner, metric, mode), test_split, job["batch_size"])
+    summary = {
+        "experiment": job["name"],
+        "arch": job["arch"],
+        "experiment_path": experiment,
+        "optuna_storage": optuna_url,
+        "metric": metric,
+        "mode": mode,
+        "num_trials": len(rows),
+        "trials_stopped_early": sum(r["status"] == "stopped early" for r in rows),
+        "trials_failed": sum(r["status"] == "failed" for r in rows),
+        "epochs_trained": sum(r["epochs"] for r in rows),
+        "epochs_budget": len(rows) * job["epochs"],
+        "baseline": baseline_point(),
+        "baseline_trial": next((r for r in rows if is_baseline(r, baseline_point())), None),
+        "best_trial": best,
+        "test": test,
+        "test_evaluated_for": best["trial_id"],
+        "study_reported": study_reference(job["arch"]),
+        "trials": rows,
+        "job": job,
+    }
+    if local:
+        write_json(Path(experiment) / SUMMARY_FILE, summary)
+    print("\n" + format_summary(summary))
+    print(
+        f"\nResults: {experiment}/{SUMMARY_FILE}\n"
+        f"Browse the Optuna study: pip install optuna-dashboard && optuna-dashboard {optuna_url}"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    configure_logging()
+    return run_search(args)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,80 @@
+"""Optuna TPE behind Ray Tune, with a persistent study and early-stopped trials marked PRUNED.
+
+Stock `OptunaSearch` tells Optuna COMPLETE for a trial that ASHA stopped early, with its last
+(partial) value. Here such a trial is told PRUNED instead, so TPE and optuna-dashboard see it
+for what it is, and each Optuna trial carries its Ray Tune trial id.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Mapping
+
+import optuna
+from ray.tune.result import TRAINING_ITERATION
+from ray.tune.search.optuna import OptunaSearch
+
+from tuning.search_space import Range, baseline_point, to_optuna
+
+RAY_TRIAL_ID = "ray_trial_id"
+
+
+class StudyAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that knows the epoch budget, so it can tell early stopping from the end."""
+
+    def __init__(self, *args, max_epochs: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_epochs = max_epochs
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ID, trial_id)
+        return config
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        stopped_early = (
+            not error
+            and result is not None
+            and trial_id not in self._completed_trials
+            and result.get(TRAINING_ITERATION, self._max_epochs) < self._max_epochs
+        )
+        if not stopped_early:
+            return super().on_trial_complete(trial_id, result, error)
+        ot_trial = self._ot_trials[trial_id]
+        ot_trial.set_user_attr("stopped_at_epoch", int(result[TRAINING_ITERATION]))
+        self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An RDB storage object (OptunaSearch wants an object, not a URL)."""
+    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else {})
+
+
+def make_searcher(
+    space: Mapping[str, Range],
+    *,
+    metric: str,
+    mode: str,
+    study_name: str,
+    storage: optuna.storages.BaseStorage,
+    seed: int,
+    num_samples: int,
+    max_epochs: int,
+) -> StudyAwareOptunaSearch:
+    """TPE seeded by `seed`, the baseline first, random start-up trials scaled to the budget."""
+    startup = min(10, max(3, num_samples // 5))
+    with warnings.catch_warnings():  # multivariate TPE is "experimental" but long-standing
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
+    return StudyAwareOptunaSearch(
+        space=to_optuna(space),
+        metric=metric,
+        mode=mode,
+        points_to_evaluate=[baseline_point()],
+        sampler=sampler,
+        study_name=study_name,
+        storage=storage,
+        max_epochs=max_epochs,
+    )

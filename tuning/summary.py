@@ -1,0 +1,106 @@
+"""The end of a search: rank trials on validation, test the winner once, write and print a summary."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import pandas as pd
+
+from fracture_models.config import TrainConfig
+from fracture_models.data import DecodedSplit
+from fracture_models.engine import build_training, evaluate, load_checkpoint, restore_training, select_device
+from fracture_models.loader import BatchLoader
+from fracture_models.study import STUDY_TEST_RESULTS
+from tuning.trainable import CHECKPOINT_FILE
+
+
+def _better(mode: str):
+    return max if mode == "max" else min
+
+
+def trial_rows(results: Iterable, hyperparameters: Iterable[str], metric: str, mode: str, max_epochs: int) -> list[dict]:
+    """One row per trial: its hyperparameters, best validation value and epoch, how it ended."""
+    names = list(hyperparameters)
+    rows = []
+    for result in results:
+        history: pd.DataFrame | None = result.metrics_dataframe
+        has_history = history is not None and metric in history and len(history)
+        if has_history:
+            index = history[metric].idxmax() if mode == "max" else history[metric].idxmin()
+            best_value, best_epoch = float(history.loc[index, metric]), int(history.loc[index, "training_iteration"])
+            epochs = int(history["training_iteration"].max())
+        else:
+            best_value, best_epoch, epochs = math.nan, 0, 0
+        status = "failed" if result.error else ("stopped early" if epochs < max_epochs else "completed")
+        rows.append(
+            {
+                "trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name,
+                **{name: result.config.get(name) for name in names},
+                "best_value": best_value,
+                "best_epoch": best_epoch,
+                "epochs": epochs,
+                "status": status,
+                "path": result.path,
+            }
+        )
+    key = (lambda r: -r["best_value"]) if mode == "max" else (lambda r: r["best_value"])
+    return sorted(rows, key=lambda r: (math.isnan(r["best_value"]), key(r) if not math.isnan(r["best_value"]) else 0))
+
+
+def best_checkpoint_dir(result, metric: str, mode: str) -> Path:
+    """The folder of the winner's checkpoint with the best validation value."""
+    candidates = [(c, m) for c, m in result.best_checkpoints if metric in m]
+    if not candidates:
+        raise RuntimeError(f"trial {result.path} kept no checkpoint with {metric}")
+    checkpoint, _ = _better(mode)(candidates, key=lambda cm: cm[1][metric])
+    return Path(checkpoint.path)
+
+
+def evaluate_checkpoint_on_test(checkpoint_dir: Path, test_split: DecodedSplit, batch_size: int) -> dict:
+    """The single test evaluation of a search: the selected checkpoint on the test split."""
+    checkpoint = load_checkpoint(checkpoint_dir / CHECKPOINT_FILE)
+    config = TrainConfig.from_dict({**checkpoint["config"], "device": "auto", "weights": "none"})
+    state = build_training(config, select_device())
+    restore_training(state, checkpoint)
+    loader = BatchLoader(test_split, batch_size, device=state.device, channels_last=state.channels_last)
+    metrics = evaluate(state, loader)
+    metrics["checkpoint_epoch"] = int(checkpoint["epoch"])
+    return metrics
+
+
+def is_baseline(row: Mapping, baseline: Mapping) -> bool:
+    return all(row.get(k) is not None and math.isclose(float(row[k]), float(v)) for k, v in baseline.items())
+
+
+def format_summary(summary: dict, top: int = 5) -> str:
+    """Human-readable end-of-search report."""
+    metric, names = summary["metric"], list(summary["baseline"])
+    lines = [
+        f"Search {summary['experiment']} ({summary['arch']}): {summary['num_trials']} trials, "
+        f"{summary['trials_stopped_early']} stopped early, {summary['trials_failed']} failed; "
+        f"{summary['epochs_trained']} of {summary['epochs_budget']} epochs trained.",
+        "",
+        f"Top trials by {metric} (validation):",
+        "  " + "  ".join(f"{h:>12}" for h in ["trial", *names, "best", "epoch", "status"]),
+    ]
+    for row in summary["trials"][:top]:
+        values = [row["trial_id"][-12:], *[f"{row[n]:.4g}" for n in names], f"{row['best_value']:.4f}", str(row["best_epoch"]), row["status"]]
+        lines.append("  " + "  ".join(f"{v:>12}" for v in values))
+    best, base = summary["best_trial"], summary.get("baseline_trial")
+    lines += ["", f"{'':>14}{'best':>12}{'baseline':>12}"]
+    for n in names:
+        lines.append(f"{n:>14}{best[n]:>12.4g}{summary['baseline'][n]:>12.4g}")
+    if base:
+        lines.append(f"{metric:>14}{best['best_value']:>12.4f}{base['best_value']:>12.4f}")
+    test, study = summary["test"], summary.get("study_reported") or {}
+    lines += ["", f"Winner on test (once, {test['num_images']} images, positive class '{test['positive_class']}'):", f"{'':>24}{'winner':>10}{'study':>10}"]
+    for key, label in [("accuracy", "accuracy"), ("fracture_sensitivity", "fracture sensitivity"), ("fracture_specificity", "fracture specificity"), ("fracture_f1", "fracture F1"), ("roc_auc", "ROC AUC")]:
+        reference = study.get(key)
+        lines.append(f"{label:>24}{test[key]:>10.4f}{(f'{reference:.4f}' if reference is not None else '-'):>10}")
+    return "\n".join(lines)
+
+
+def study_reference(arch: str) -> dict:
+    return dict(STUDY_TEST_RESULTS.get(arch, {}))

@@ -1,0 +1,44 @@
+"""The one thin adapter between Ray Tune and fracture_models: the only caller of `tune.report`.
+
+A trial gets the decoded train and validation splits once through Ray's object store
+(`tune.with_parameters`), never the test split, and never re-decodes a file. Every epoch it
+reports the validation metrics (confusion-matrix counts included) with a checkpoint; Tune keeps
+the best few by the search metric. A retried or resumed trial continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from ray import tune
+
+from fracture_models.config import TrainConfig
+from fracture_models.data import DecodedSplit
+from fracture_models.engine import build_training, fit, load_checkpoint, make_checkpoint, make_loaders, restore_training, save_checkpoint
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def train_fracture_model(
+    hyperparameters: dict,
+    *,
+    base_config: dict,
+    train_split: DecodedSplit,
+    val_split: DecodedSplit,
+) -> None:
+    """Train one configuration: `base_config` (arch, epochs, ...) + the sampled hyperparameters."""
+    config = TrainConfig.from_dict({**base_config, **hyperparameters})
+    state = build_training(config)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            restore_training(state, load_checkpoint(Path(folder) / CHECKPOINT_FILE))
+    train_loader, val_loader = make_loaders(state, train_split, val_split)
+
+    def report(row: dict, val_metrics: dict, state) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            save_checkpoint(make_checkpoint(state, row), Path(folder) / CHECKPOINT_FILE)
+            tune.report(row, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    fit(state, train_loader, val_loader, on_epoch_end=report)
