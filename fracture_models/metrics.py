@@ -8,6 +8,7 @@ columns = predicted class) and `per_class` (scikit-learn's report with support).
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
@@ -83,3 +84,28 @@ def classification_metrics(
 def scalar_metrics(metrics: dict) -> dict[str, float]:
     """Only the numeric entries: what a tracker plots per epoch."""
     return {k: v for k, v in metrics.items() if k in SCALAR_METRICS}
+
+
+def predicts_one_class(metrics: Mapping, prefix: str = "") -> bool:
+    """True when every image got the same prediction: the model tells nothing apart.
+
+    Threshold metrics flatter such a model: answering `fractured` for all gives sensitivity 1 and
+    F1 = 2p/(1+p) (0.67 on a balanced split), better than many early real classifiers.
+    """
+    predicted_positive = metrics[f"{prefix}fractures_detected"] + metrics[f"{prefix}false_alarms"]
+    predicted_negative = metrics[f"{prefix}fractures_missed"] + metrics[f"{prefix}true_negatives"]
+    return predicted_positive == 0 or predicted_negative == 0
+
+
+def selection_score(metrics: Mapping, name: str, mode: str, prefix: str = "") -> float:
+    """`metrics[name]` for ranking checkpoints, demoted below every real classifier when the model
+    predicts one class, so that a constant answer is never selected over one that discriminates."""
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    value = float(metrics[name])
+    if not predicts_one_class(metrics, prefix):
+        return value
+    return value - DEMOTION if mode == "max" else value + DEMOTION
+
+
+DEMOTION = 1e6  # far beyond the range of any metric here, so order within demoted epochs is kept

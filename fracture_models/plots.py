@@ -55,3 +55,40 @@ def plot_loss_curves(history: Sequence[dict], path: str | Path, title: str = "Lo
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_learning_curves(
+    curves: dict[str, tuple[Sequence[int], Sequence[float]]],
+    path: str | Path,
+    *,
+    metric: str,
+    highlight: str | None = None,
+    title: str = "Trials",
+) -> Path:
+    """One line per trial (`name -> (epochs, values)`); a line that ends early ends with an x.
+
+    Shows at a glance which trials early stopping cut and where; `highlight` is drawn on top.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    longest = max((max(epochs) for epochs, _ in curves.values() if len(epochs)), default=1)
+    for name, (epochs, values) in curves.items():
+        if not len(epochs):
+            continue
+        chosen = name == highlight
+        (line,) = ax.plot(epochs, values, lw=2.4 if chosen else 1.0, alpha=1.0 if chosen else 0.6, zorder=3 if chosen else 2,
+                          color="black" if chosen else None, label=f"{name} (selected)" if chosen else None)
+        if max(epochs) < longest:
+            ax.plot(epochs[-1], values[-1], "x", color=line.get_color(), ms=7)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if highlight is not None:
+        ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -39,7 +39,7 @@ from fracture_models.engine import (
     select_device,
 )
 from fracture_models.loader import BatchLoader
-from fracture_models.metrics import scalar_metrics
+from fracture_models.metrics import predicts_one_class, scalar_metrics, selection_score
 from fracture_models.records import write_json
 from fracture_models.plots import plot_confusion_matrix, plot_loss_curves
 
@@ -108,15 +108,21 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     train_loader, val_loader = make_loaders(state, dataset.train, dataset.val)
-    best = {"value": -math.inf, "epoch": 0, "val": None}
+    best = {"score": -math.inf, "value": math.nan, "epoch": 0, "val": None}
     checkpoint_path = out / "checkpoint.pt"
 
     def keep_best(row: dict, val: dict, state) -> None:
-        if row[SELECTION_METRIC] > best["value"]:
-            best.update(value=row[SELECTION_METRIC], epoch=row["epoch"], val=val)
+        score = selection_score(row, SELECTION_METRIC, "max", prefix="val_")
+        if score > best["score"]:
+            best.update(score=score, value=row[SELECTION_METRIC], epoch=row["epoch"], val=val)
             save_checkpoint(make_checkpoint(state, scalar_metrics(val)), checkpoint_path)
 
     history = fit(state, train_loader, val_loader, on_epoch_end=keep_best, progress=not args.quiet)
+    if predicts_one_class(best["val"]):
+        logger.warning(
+            "At every epoch the model gave all validation images the same answer; it has not learned to tell "
+            "the classes apart. Train longer (--epochs), or check the learning rate and the data."
+        )
 
     # The test split is evaluated exactly once, for the checkpoint selected on validation.
     restore_training(state, load_checkpoint(checkpoint_path))

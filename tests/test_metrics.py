@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fracture_models.labels import POSITIVE_LABEL
-from fracture_models.metrics import classification_metrics
+from fracture_models.metrics import classification_metrics, predicts_one_class, selection_score
 from fracture_models.plots import plot_confusion_matrix, plot_loss_curves
 
 F, N = POSITIVE_LABEL, 1 - POSITIVE_LABEL
@@ -43,3 +43,18 @@ def test_plots_are_png_files(tmp_path):
     curves = plot_loss_curves(history, tmp_path / "loss.png")
     for path in (cm, curves):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_a_constant_answer_is_never_selected_over_a_classifier():
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    all_fractured = classification_metrics(labels, np.full(8, 0.9), loss=0.5)
+    weak = classification_metrics(labels, np.array([0.9, 0.9, 0.2, 0.2, 0.9, 0.2, 0.2, 0.2]))
+    # F1 flatters the constant answer (2p/(1+p) = 0.667) over a real, weak classifier (0.571).
+    assert all_fractured["fracture_f1"] == pytest.approx(2 / 3)
+    assert weak["fracture_f1"] == pytest.approx(4 / 7)
+    assert predicts_one_class(all_fractured) and not predicts_one_class(weak)
+    assert selection_score(weak, "fracture_f1", "max") == pytest.approx(4 / 7)
+    assert selection_score(all_fractured, "fracture_f1", "max") < selection_score(weak, "fracture_f1", "max")
+    assert selection_score(all_fractured, "loss", "min") > 1e5
+    rows = {f"val_{k}": v for k, v in all_fractured.items()}
+    assert predicts_one_class(rows, prefix="val_")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -42,6 +44,8 @@ def test_search_runs_baseline_first_stops_early_and_tests_only_the_winner(ray_se
     assert code == 0
     summary = json.loads((tmp_path / "search" / "summary.json").read_text())
     assert summary["num_trials"] == 5
+    for plot in ("learning_curves.png", "test_confusion_matrix.png"):
+        assert (tmp_path / "search" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     study = _study(tmp_path, "search")
     trials = sorted(study.trials, key=lambda t: t.number)
@@ -57,7 +61,7 @@ def test_search_runs_baseline_first_stops_early_and_tests_only_the_winner(ray_se
     assert summary["epochs_trained"] < summary["epochs_budget"] == 20
 
     # Selection on validation; the test split reaches no trial and is evaluated once, for the winner.
-    assert summary["best_trial"]["best_value"] == min(r["best_value"] for r in summary["trials"])
+    assert summary["best_trial"]["checkpoint_score"] == min(r["checkpoint_score"] for r in summary["trials"])
     assert summary["test_evaluated_for"] == summary["best_trial"]["trial_id"]
     assert summary["test"]["num_images"] == 16
     for row in summary["trials"]:
@@ -71,6 +75,30 @@ def test_impossible_gpu_request_fails_at_once(ray_session, tiny_download: Path, 
     with pytest.raises(UserError, match="no GPUs"):
         main(_args(tiny_download, tmp_path, "gpu", "--num-samples", "2", "--epochs", "1", "--gpus-per-trial", "1"))
     assert time.monotonic() - start < 30
+
+
+def test_two_gpus_per_trial_on_one_gpu_nodes_fails_at_once(tiny_download: Path, tmp_path: Path, monkeypatch):
+    """Two nodes with one (logical) GPU each: 2 GPUs in the cluster, but no node can hold the trial."""
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep the nodes on loopback
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1})
+    try:
+        cluster.add_node(num_cpus=1, num_gpus=1)
+        cluster.wait_for_nodes()
+        start = time.monotonic()
+        command = [sys.executable, "-m", "tuning.run", *_args(tiny_download, tmp_path, "two-gpus", "--num-samples", "2", "--epochs", "1")]
+        done = subprocess.run(
+            [*command, "--address", cluster.address, "--gpus-per-trial", "2"], capture_output=True, text=True, timeout=120
+        )
+        elapsed = time.monotonic() - start
+    finally:
+        cluster.shutdown()
+    assert done.returncode == 2, done.stderr
+    assert "No node can hold one trial of 1 CPUs and 2 GPUs; the largest node has 1 CPUs and 1 GPUs" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert elapsed < 60  # a Python start with torch and Ray, a connect, a check: no waiting for a node
+    assert not (tmp_path / "two-gpus").exists()  # nothing half-made to trip a later --resume
 
 
 class _InterruptAfter(tune.Callback):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -35,7 +36,6 @@ METRICS = {  # name -> mode; validation metrics only (selection never looks at t
     "val_loss": "min",
 }
 JOB_FILE = "job.json"
-SUMMARY_FILE = "summary.json"
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -100,29 +100,20 @@ def _check_weights(arch: str, weights: str, image_size: int) -> None:
     create_model(arch, weights=weights, image_size=image_size)
 
 
-def _reporter(metric: str):
-    from ray.tune import CLIReporter
-
-    return CLIReporter(
-        metric_columns={"training_iteration": "epoch", metric: metric.replace("val_", "val "), "val_loss": "val loss"},
-        parameter_columns={"lr": "lr", "step_size": "step", "gamma": "gamma", "aug_strength": "aug"},
-        max_report_frequency=20,
-        sort_by_metric=True,  # by TuneConfig's metric and mode
-        max_progress_rows=15,
-    )
-
-
 def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> int:
     """The whole job; returns the exit code. `callbacks` are extra Ray Tune callbacks."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from tuning.progress import quiet_libraries, search_progress, trial_name
     from tuning.resources import check_trial_resources, default_gpus_per_trial
     from tuning.search_space import baseline_point, describe, search_space
     from tuning.searcher import make_searcher, open_storage
-    from tuning.summary import best_checkpoint_dir, evaluate_checkpoint_on_test, format_summary, is_baseline, study_reference, trial_rows
-    from tuning.trainable import train_fracture_model
+    from tuning.summary import (
+        best_checkpoint_dir, evaluate_checkpoint_on_test, format_summary, is_baseline, study_reference, trial_rows, where_to_look, write_report,
+    )
+    from tuning.trainable import CHECKPOINT_SCORE, train_fracture_model
 
     _validate(args)
     metric, mode = args.metric, METRICS[args.metric]
@@ -136,6 +127,12 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
 
     data_root = resolve_dataset_root(resolve_data_dir(args))
     _check_weights(args.arch, args.weights, args.image_size)
+    # Resources are checked before minutes of decoding, so an impossible request fails at once.
+    quiet_libraries()
+    _init_ray(args.address)
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else default_gpus_per_trial()
+    check_trial_resources(args.cpus_per_trial, gpus)
+
     dataset = load_dataset(data_root, args.image_size, splits=("train", "val"), cache_dir=args.cache_dir, max_bad_fraction=args.max_bad_fraction, progress=True)
     job = {
         "name": name,
@@ -171,13 +168,9 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     if job_file is not None:
         write_json(job_file, job)
 
-    _init_ray(args.address)
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else default_gpus_per_trial()
-    check_trial_resources(args.cpus_per_trial, gpus)
-
     base_config = {k: job[k] for k in ("arch", "epochs", "image_size", "batch_size", "weights", "seed")}
     trainable = tune.with_resources(
-        tune.with_parameters(train_fracture_model, base_config=base_config, train_split=dataset.train, val_split=dataset.val),
+        tune.with_parameters(train_fracture_model, base_config=base_config, metric=metric, mode=mode, train_split=dataset.train, val_split=dataset.val),
         {"cpu": args.cpus_per_trial, "gpu": gpus},
     )
     try:
@@ -204,13 +197,14 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
             tune_config=tune.TuneConfig(
                 metric=metric, mode=mode, search_alg=searcher, scheduler=scheduler, num_samples=args.num_samples,
                 max_concurrent_trials=args.max_concurrent or None, reuse_actors=True,
+                trial_name_creator=trial_name, trial_dirname_creator=trial_name,
             ),
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=experiment.rsplit("/", 1)[0],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=metric, checkpoint_score_order=mode),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=CHECKPOINT_SCORE, checkpoint_score_order=mode),
                 failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                progress_reporter=_reporter(metric),
+                progress_reporter=search_progress(metric),
                 callbacks=callbacks,
                 verbose=1,
             ),
@@ -230,9 +224,11 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
 
     rows = trial_rows(results, baseline_point().keys(), metric, mode, job["epochs"])
     best = rows[0]
+    if math.isnan(best[CHECKPOINT_SCORE]):
+        raise UserError(f"No trial of {job['name']} finished an epoch; see the trial errors under {experiment}.")
     winner = next(r for r in results if r.path == best["path"])
     test_split = load_split(data_root, "test", job["image_size"], cache_dir=args.cache_dir, max_bad_fraction=args.max_bad_fraction)
-    test = evaluate_checkpoint_on_test(best_checkpoint_dir(winner, metric, mode), test_split, job["batch_size"])
+    test = evaluate_checkpoint_on_test(best_checkpoint_dir(winner, mode), test_split, job["batch_size"])
     summary = {
         "experiment": job["name"],
         "arch": job["arch"],
@@ -255,12 +251,9 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
         "job": job,
     }
     if local:
-        write_json(Path(experiment) / SUMMARY_FILE, summary)
+        write_report(Path(experiment), summary, results)
     print("\n" + format_summary(summary))
-    print(
-        f"\nResults: {experiment}/{SUMMARY_FILE}\n"
-        f"Browse the Optuna study: pip install optuna-dashboard && optuna-dashboard {optuna_url}"
-    )
+    print("\n" + where_to_look(experiment, optuna_url, local))
     return 0
 
 

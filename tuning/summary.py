@@ -12,8 +12,14 @@ from fracture_models.config import TrainConfig
 from fracture_models.data import DecodedSplit
 from fracture_models.engine import build_training, evaluate, load_checkpoint, restore_training, select_device
 from fracture_models.loader import BatchLoader
+from fracture_models.plots import plot_confusion_matrix, plot_learning_curves
+from fracture_models.records import write_json
 from fracture_models.study import STUDY_TEST_RESULTS
-from tuning.trainable import CHECKPOINT_FILE
+from tuning.trainable import CHECKPOINT_FILE, CHECKPOINT_SCORE
+
+SUMMARY_FILE = "summary.json"
+CURVES_FILE = "learning_curves.png"
+TEST_CONFUSION_FILE = "test_confusion_matrix.png"
 
 
 def _better(mode: str):
@@ -21,18 +27,27 @@ def _better(mode: str):
 
 
 def trial_rows(results: Iterable, hyperparameters: Iterable[str], metric: str, mode: str, max_epochs: int) -> list[dict]:
-    """One row per trial: its hyperparameters, best validation value and epoch, how it ended."""
+    """One row per trial, best first: its hyperparameters, best validation value and epoch, how it ended.
+
+    A trial's best epoch is the one with the best checkpoint score (the metric, demoted where the
+    model answered one class for every image), the same rule that chose which checkpoints to keep.
+    """
     names = list(hyperparameters)
+    pick = _better(mode)
     rows = []
     for result in results:
         history: pd.DataFrame | None = result.metrics_dataframe
-        has_history = history is not None and metric in history and len(history)
+        has_history = history is not None and CHECKPOINT_SCORE in history and len(history)
         if has_history:
-            index = history[metric].idxmax() if mode == "max" else history[metric].idxmin()
-            best_value, best_epoch = float(history.loc[index, metric]), int(history.loc[index, "training_iteration"])
+            scores = history[CHECKPOINT_SCORE]
+            index = scores.idxmax() if mode == "max" else scores.idxmin()
+            best_score, best_value = float(scores[index]), float(history.loc[index, metric])
+            best_epoch = int(history.loc[index, "training_iteration"])
+            one_class = best_score != best_value
             epochs = int(history["training_iteration"].max())
         else:
-            best_value, best_epoch, epochs = math.nan, 0, 0
+            best_score = best_value = math.nan
+            best_epoch, epochs, one_class = 0, 0, False
         status = "failed" if result.error else ("stopped early" if epochs < max_epochs else "completed")
         rows.append(
             {
@@ -40,21 +55,25 @@ def trial_rows(results: Iterable, hyperparameters: Iterable[str], metric: str, m
                 **{name: result.config.get(name) for name in names},
                 "best_value": best_value,
                 "best_epoch": best_epoch,
+                "predicts_one_class": one_class,
                 "epochs": epochs,
                 "status": status,
                 "path": result.path,
+                CHECKPOINT_SCORE: best_score,
             }
         )
-    key = (lambda r: -r["best_value"]) if mode == "max" else (lambda r: r["best_value"])
-    return sorted(rows, key=lambda r: (math.isnan(r["best_value"]), key(r) if not math.isnan(r["best_value"]) else 0))
+    scored = [r for r in rows if not math.isnan(r[CHECKPOINT_SCORE])]
+    unscored = [r for r in rows if math.isnan(r[CHECKPOINT_SCORE])]
+    scored.sort(key=lambda r: r[CHECKPOINT_SCORE], reverse=pick is max)
+    return scored + unscored
 
 
-def best_checkpoint_dir(result, metric: str, mode: str) -> Path:
-    """The folder of the winner's checkpoint with the best validation value."""
-    candidates = [(c, m) for c, m in result.best_checkpoints if metric in m]
+def best_checkpoint_dir(result, mode: str) -> Path:
+    """The folder of the trial's kept checkpoint with the best checkpoint score."""
+    candidates = [(c, m) for c, m in result.best_checkpoints if CHECKPOINT_SCORE in m]
     if not candidates:
-        raise RuntimeError(f"trial {result.path} kept no checkpoint with {metric}")
-    checkpoint, _ = _better(mode)(candidates, key=lambda cm: cm[1][metric])
+        raise RuntimeError(f"trial {result.path} kept no scored checkpoint")
+    checkpoint, _ = _better(mode)(candidates, key=lambda cm: cm[1][CHECKPOINT_SCORE])
     return Path(checkpoint.path)
 
 
@@ -94,6 +113,8 @@ def format_summary(summary: dict, top: int = 5) -> str:
         lines.append(f"{n:>14}{best[n]:>12.4g}{summary['baseline'][n]:>12.4g}")
     if base:
         lines.append(f"{metric:>14}{best['best_value']:>12.4f}{base['best_value']:>12.4f}")
+    if best.get("predicts_one_class"):
+        lines += ["", "Warning: every trial's model gave all validation images one answer; none tells the classes apart. Train longer (--epochs)."]
     test, study = summary["test"], summary.get("study_reported") or {}
     lines += ["", f"Winner on test (once, {test['num_images']} images, positive class '{test['positive_class']}'):", f"{'':>24}{'winner':>10}{'study':>10}"]
     for key, label in [("accuracy", "accuracy"), ("fracture_sensitivity", "fracture sensitivity"), ("fracture_specificity", "fracture specificity"), ("fracture_f1", "fracture F1"), ("roc_auc", "ROC AUC")]:
@@ -104,3 +125,30 @@ def format_summary(summary: dict, top: int = 5) -> str:
 
 def study_reference(arch: str) -> dict:
     return dict(STUDY_TEST_RESULTS.get(arch, {}))
+
+
+def write_report(folder: Path, summary: dict, results: Iterable) -> None:
+    """summary.json, every trial's validation curve, and the winner's test confusion matrix."""
+    write_json(folder / SUMMARY_FILE, summary)
+    metric, curves = summary["metric"], {}
+    for result in results:
+        history = result.metrics_dataframe
+        if history is not None and metric in history:
+            trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+            curves[trial_id] = (history["training_iteration"].tolist(), history[metric].tolist())
+    title = f"{summary['experiment']}: {len(curves)} trials (x = stopped early)"
+    plot_learning_curves(curves, folder / CURVES_FILE, metric=metric, highlight=summary["test_evaluated_for"], title=title)
+    plot_confusion_matrix(summary["test"]["confusion_matrix"], folder / TEST_CONFUSION_FILE, title=f"{summary['arch']}: winner on test")
+
+
+def where_to_look(experiment: str, optuna_url: str, local: bool) -> str:
+    lines = [f"Results in {experiment}/"]
+    if local:
+        lines += [
+            f"  {SUMMARY_FILE:<26}every trial, the winner's config, its test metrics beside the study's",
+            f"  {CURVES_FILE:<26}validation curves of all trials",
+            f"  {TEST_CONFUSION_FILE:<26}the winner on the test split",
+            f"  {'trial_<id>/':<26}each trial's per-epoch metrics (progress.csv) and best checkpoints",
+        ]
+    lines.append(f"Browse the Optuna study: pip install optuna-dashboard && optuna-dashboard {optuna_url}")
+    return "\n".join(lines)

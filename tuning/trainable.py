@@ -2,8 +2,10 @@
 
 A trial gets the decoded train and validation splits once through Ray's object store
 (`tune.with_parameters`), never the test split, and never re-decodes a file. Every epoch it
-reports the validation metrics (confusion-matrix counts included) with a checkpoint; Tune keeps
-the best few by the search metric. A retried or resumed trial continues from its last checkpoint.
+reports the validation metrics (confusion-matrix counts included) and `checkpoint_score` with a
+checkpoint; Tune keeps the best few by that score (the search metric, demoted for an epoch whose
+model answers one class for every image). A retried or resumed trial continues from its last
+checkpoint.
 """
 
 from __future__ import annotations
@@ -16,18 +18,23 @@ from ray import tune
 from fracture_models.config import TrainConfig
 from fracture_models.data import DecodedSplit
 from fracture_models.engine import build_training, fit, load_checkpoint, make_checkpoint, make_loaders, restore_training, save_checkpoint
+from fracture_models.metrics import selection_score
 
 CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_SCORE = "checkpoint_score"
 
 
 def train_fracture_model(
     hyperparameters: dict,
     *,
     base_config: dict,
+    metric: str,
+    mode: str,
     train_split: DecodedSplit,
     val_split: DecodedSplit,
 ) -> None:
-    """Train one configuration: `base_config` (arch, epochs, ...) + the sampled hyperparameters."""
+    """Train one configuration, `base_config` (arch, epochs, ...) + the sampled hyperparameters,
+    checkpoints ranked by `metric` in `mode`."""
     config = TrainConfig.from_dict({**base_config, **hyperparameters})
     state = build_training(config)
     checkpoint = tune.get_checkpoint()
@@ -37,6 +44,7 @@ def train_fracture_model(
     train_loader, val_loader = make_loaders(state, train_split, val_split)
 
     def report(row: dict, val_metrics: dict, state) -> None:
+        row = {**row, CHECKPOINT_SCORE: selection_score(row, metric, mode, prefix="val_")}
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(make_checkpoint(state, row), Path(folder) / CHECKPOINT_FILE)
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(folder))
