@@ -109,3 +109,14 @@ def selection_score(metrics: Mapping, name: str, mode: str, prefix: str = "") ->
 
 
 DEMOTION = 1e6  # far beyond the range of any metric here, so order within demoted epochs is kept
+
+
+def confusion_from_counts(metrics: Mapping, prefix: str = "") -> dict:
+    """The labelled confusion matrix (as in `classification_metrics`) rebuilt from the four counts
+    that every epoch reports."""
+    matrix = [[0, 0], [0, 0]]
+    matrix[POSITIVE_LABEL][POSITIVE_LABEL] = int(metrics[f"{prefix}fractures_detected"])
+    matrix[POSITIVE_LABEL][NEGATIVE_LABEL] = int(metrics[f"{prefix}fractures_missed"])
+    matrix[NEGATIVE_LABEL][POSITIVE_LABEL] = int(metrics[f"{prefix}false_alarms"])
+    matrix[NEGATIVE_LABEL][NEGATIVE_LABEL] = int(metrics[f"{prefix}true_negatives"])
+    return {"labels": list(CLASS_NAMES), "matrix": matrix}

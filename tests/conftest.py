@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -17,6 +25,9 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = tmp_path_factory.mktemp("cache")
     mp = pytest.MonkeyPatch()
     mp.setenv("FRACTURE_CACHE_DIR", str(cache))
+    # The default MLflow store too: searches that name no tracking URI log here, not in ./runs.
+    mp.setenv("FRACTURE_MLFLOW_DIR", str(tmp_path_factory.mktemp("mlflow-default")))
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     yield cache
     mp.undo()
 
@@ -65,3 +76,94 @@ def ray_session():
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+# --- MLflow servers: real `python -m mlflow_server` processes on loopback ----------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class MlflowServer:
+    """One `python -m mlflow_server` process; `stop()` presses Ctrl-C as a user would."""
+
+    def __init__(self, store: Path, *extra: str, port: int | None = None, env: dict | None = None) -> None:
+        self.store, self.extra, self.port = store, extra, port or free_port()
+        self.env = {**os.environ, **(env or {})}
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 120) -> "MlflowServer":
+        self.output = self.store.parent / f"{self.store.name}-{self.port}.out"
+        with open(self.output, "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mlflow_server", "--store", str(self.store), "--port", str(self.port), *self.extra],
+                stdout=out, stderr=subprocess.STDOUT, env=self.env,
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow_server exited {self.process.returncode}: {self.output.read_text()[-2000:]}")
+            if "MLflow UI:" in self.output.read_text():
+                return self
+            time.sleep(0.3)
+        raise RuntimeError(f"mlflow_server did not come up: {self.output.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            self.process.wait(timeout=60)
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+
+POSTGRES = dict(host="127.0.0.1", port=5432, user="postgres")
+
+
+def _postgres_available() -> bool:
+    try:
+        import psycopg
+
+        psycopg.connect(dbname="test", connect_timeout=3, **POSTGRES).close()
+        return True
+    except Exception:  # noqa: BLE001 - no driver, no server
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres_database():
+    """A fresh PostgreSQL database on the local server (dropped afterwards), as a URL factory."""
+    if not _postgres_available():
+        pytest.skip("no PostgreSQL server on 127.0.0.1:5432")
+    import psycopg
+
+    created = []
+
+    def create(purpose: str) -> str:
+        name = f"fracture_{purpose}_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(dbname="test", autocommit=True, **POSTGRES) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return f"postgresql://{POSTGRES['user']}@{POSTGRES['host']}:{POSTGRES['port']}/{name}"
+
+    yield create
+    with psycopg.connect(dbname="test", autocommit=True, **POSTGRES) as connection:
+        for name in created:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory, postgres_database):
+    """The team's tracking server: PostgreSQL backend, proxied artifacts, on a free loopback port."""
+    server = MlflowServer(tmp_path_factory.mktemp("team-mlflow"), "--backend-store-uri", postgres_database("mlflow"))
+    server.start()
+    yield server
+    server.stop()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fracture_models.labels import POSITIVE_LABEL
-from fracture_models.metrics import classification_metrics, predicts_one_class, selection_score
+from fracture_models.metrics import classification_metrics, confusion_from_counts, predicts_one_class, scalar_metrics, selection_score
 from fracture_models.plots import plot_confusion_matrix, plot_loss_curves
 
 F, N = POSITIVE_LABEL, 1 - POSITIVE_LABEL
@@ -58,3 +58,10 @@ def test_a_constant_answer_is_never_selected_over_a_classifier():
     assert selection_score(all_fractured, "loss", "min") > 1e5
     rows = {f"val_{k}": v for k, v in all_fractured.items()}
     assert predicts_one_class(rows, prefix="val_")
+
+
+def test_confusion_matrix_rebuilt_from_reported_counts():
+    labels = np.array([F, F, F, N, N, N, N])
+    metrics = classification_metrics(labels, np.array([0.9, 0.8, 0.1, 0.7, 0.2, 0.3, 0.1]))
+    row = {f"val_{k}": v for k, v in scalar_metrics(metrics).items()}
+    assert confusion_from_counts(row, prefix="val_") == metrics["confusion_matrix"]

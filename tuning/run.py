@@ -47,6 +47,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     search = parser.add_argument_group("search")
     search.add_argument("--num-samples", type=int, default=20, help="trials in all, the baseline included (default: %(default)s)")
     search.add_argument("--metric", default="val_fracture_f1", choices=sorted(METRICS), help="validation metric to optimise (default: %(default)s)")
+    search.add_argument("--sampler", default="tpe", choices=["tpe", "random"], help="Optuna sampler after the baseline trial (default: %(default)s)")
     search.add_argument("--scheduler", default="asha", choices=["asha", "none"], help="early stopping (default: %(default)s)")
     search.add_argument("--grace-period", type=int, default=3, help="ASHA: epochs every trial gets before it can be stopped (default: %(default)s)")
     search.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA: keep the top 1/factor at each rung (default: %(default)s)")
@@ -114,6 +115,9 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
         best_checkpoint_dir, evaluate_checkpoint_on_test, format_summary, is_baseline, study_reference, trial_rows, where_to_look, write_report,
     )
     from tuning.trainable import CHECKPOINT_SCORE, train_fracture_model
+    from tuning.tracking import (
+        MlflowLoggingCallback, SearchTracker, check_reachable, git_commit, package_versions, resolve_tracking_uri, save_winner_model, tracking_note,
+    )
 
     _validate(args)
     metric, mode = args.metric, METRICS[args.metric]
@@ -132,6 +136,10 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     _init_ray(args.address)
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else default_gpus_per_trial()
     check_trial_resources(args.cpus_per_trial, gpus)
+    job_file = Path(experiment) / JOB_FILE if local else None
+    previous = json.loads(job_file.read_text()) if args.resume and job_file is not None and job_file.is_file() else None
+    tracking_uri = resolve_tracking_uri(args.tracking_uri or (previous or {}).get("tracking_uri"))
+    check_reachable(tracking_uri)
 
     dataset = load_dataset(data_root, args.image_size, splits=("train", "val"), cache_dir=args.cache_dir, max_bad_fraction=args.max_bad_fraction, progress=True)
     job = {
@@ -149,13 +157,15 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
         "user": os.environ.get("USER") or os.environ.get("USERNAME") or "unknown",
         "data_root": str(data_root),
         "data_fingerprint": dataset.fingerprint,
+        "sampler": args.sampler,
         "scheduler": {"name": args.scheduler, "grace_period": args.grace_period, "reduction_factor": args.reduction_factor},
         "search_space": describe(search_space(args.arch)),
         "baseline": dict(BASELINE_HYPERPARAMETERS),
+        "tracking_uri": tracking_uri,
+        "git_commit": git_commit(),
+        "package_versions": package_versions(),
     }
-    job_file = Path(experiment) / JOB_FILE if local else None
-    if args.resume and job_file is not None and job_file.is_file():
-        previous = json.loads(job_file.read_text())
+    if previous is not None:
         for key in ("arch", "data_fingerprint", "image_size", "epochs", "metric"):
             if previous.get(key) != job[key]:
                 raise UserError(f"--resume of {name}: {key} was {previous.get(key)!r}, now {job[key]!r}. Resume with the same data and settings.")
@@ -165,6 +175,12 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     if optuna_url is None:
         raise UserError("With a remote --storage-path, give --optuna-storage (e.g. a PostgreSQL URL).")
     job["optuna_storage"] = optuna_url
+    job["tracking_uri"] = tracking_uri
+    tracker = SearchTracker(tracking_uri, job, Path(experiment) if local else None)
+    try:
+        job["mlflow_parent_run_id"] = tracker.start(resume=args.resume)
+    except Exception as exc:  # noqa: BLE001 - the store went away since the check
+        raise UserError(f"MLflow at {tracking_uri} failed as the job started: {exc}. Nothing was trained.") from exc
     if job_file is not None:
         write_json(job_file, job)
 
@@ -186,7 +202,7 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     else:
         searcher = make_searcher(
             search_space(args.arch), metric=metric, mode=mode, study_name=name, storage=storage,
-            seed=args.seed, num_samples=args.num_samples, max_epochs=args.epochs,
+            seed=args.seed, num_samples=args.num_samples, max_epochs=args.epochs, sampler=args.sampler,
         )
         if args.scheduler == "asha":
             scheduler = ASHAScheduler(max_t=args.epochs, grace_period=min(args.grace_period, args.epochs), reduction_factor=args.reduction_factor)
@@ -205,11 +221,12 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=CHECKPOINT_SCORE, checkpoint_score_order=mode),
                 failure_config=tune.FailureConfig(max_failures=args.max_failures),
                 progress_reporter=search_progress(metric),
-                callbacks=callbacks,
+                callbacks=[MlflowLoggingCallback(tracker, baseline_point().keys()), *(callbacks or [])],
                 verbose=1,
             ),
         )
     results = tuner.fit()
+    tracker.reload_outbox()  # a restored experiment logged through its own (unpickled) tracker
 
     study = optuna.load_study(study_name=job["name"], storage=storage)
     finished = [t for t in study.trials if t.state.is_finished()]
@@ -220,6 +237,7 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
             f"Continue with: python -m tuning.run --arch {job['arch']} --name {job['name']} --storage-path {args.storage_path} --resume ...",
             file=sys.stderr,
         )
+        tracker.job_interrupted()
         return 130
 
     rows = trial_rows(results, baseline_point().keys(), metric, mode, job["epochs"])
@@ -228,7 +246,8 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
         raise UserError(f"No trial of {job['name']} finished an epoch; see the trial errors under {experiment}.")
     winner = next(r for r in results if r.path == best["path"])
     test_split = load_split(data_root, "test", job["image_size"], cache_dir=args.cache_dir, max_bad_fraction=args.max_bad_fraction)
-    test = evaluate_checkpoint_on_test(best_checkpoint_dir(winner, mode), test_split, job["batch_size"])
+    winner_checkpoint = best_checkpoint_dir(winner, mode)
+    test = evaluate_checkpoint_on_test(winner_checkpoint, test_split, job["batch_size"])
     summary = {
         "experiment": job["name"],
         "arch": job["arch"],
@@ -250,10 +269,13 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
         "trials": rows,
         "job": job,
     }
-    if local:
-        write_report(Path(experiment), summary, results)
+    report_dir = Path(experiment) if local else tracker.files_dir("report")
+    report_files = write_report(report_dir, summary, results, study)
+    model_dir = save_winner_model(winner_checkpoint, tracker.files_dir("model"))
+    tracker.job_finished(summary, report_files, model_dir)
     print("\n" + format_summary(summary))
     print("\n" + where_to_look(experiment, optuna_url, local))
+    print(tracking_note(tracker))
     return 0
 
 

@@ -62,18 +62,25 @@ def make_searcher(
     seed: int,
     num_samples: int,
     max_epochs: int,
+    sampler: str = "tpe",
 ) -> StudyAwareOptunaSearch:
-    """TPE seeded by `seed`, the baseline first, random start-up trials scaled to the budget."""
-    startup = min(10, max(3, num_samples // 5))
-    with warnings.catch_warnings():  # multivariate TPE is "experimental" but long-standing
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
+    """The baseline first, then TPE seeded by `seed` (random start-up trials scaled to the budget)
+    or, with sampler="random", seeded random search (the benchmarks' reference)."""
+    if sampler == "random":
+        optuna_sampler = optuna.samplers.RandomSampler(seed=seed)
+    elif sampler == "tpe":
+        startup = min(10, max(3, num_samples // 5))
+        with warnings.catch_warnings():  # multivariate TPE is "experimental" but long-standing
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna_sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
+    else:
+        raise ValueError(f"unknown sampler {sampler!r}")
     return StudyAwareOptunaSearch(
         space=to_optuna(space),
         metric=metric,
         mode=mode,
         points_to_evaluate=[baseline_point()],
-        sampler=sampler,
+        sampler=optuna_sampler,
         study_name=study_name,
         storage=storage,
         max_epochs=max_epochs,

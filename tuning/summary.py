@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -20,6 +21,9 @@ from tuning.trainable import CHECKPOINT_FILE, CHECKPOINT_SCORE
 SUMMARY_FILE = "summary.json"
 CURVES_FILE = "learning_curves.png"
 TEST_CONFUSION_FILE = "test_confusion_matrix.png"
+TRIALS_FILE = "trials.csv"
+
+logger = logging.getLogger("tuning.summary")
 
 
 def _better(mode: str):
@@ -127,9 +131,14 @@ def study_reference(arch: str) -> dict:
     return dict(STUDY_TEST_RESULTS.get(arch, {}))
 
 
-def write_report(folder: Path, summary: dict, results: Iterable) -> None:
-    """summary.json, every trial's validation curve, and the winner's test confusion matrix."""
-    write_json(folder / SUMMARY_FILE, summary)
+def write_report(folder: Path, summary: dict, results: Iterable, study) -> list[Path]:
+    """summary.json, a table of trials, every trial's validation curve, the winner's test
+    confusion matrix and Optuna's plots; returns the files written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [write_json(folder / SUMMARY_FILE, summary)]
+    table = pd.DataFrame(summary["trials"]).drop(columns=["path"])
+    table.to_csv(folder / TRIALS_FILE, index=False)
+    files.append(folder / TRIALS_FILE)
     metric, curves = summary["metric"], {}
     for result in results:
         history = result.metrics_dataframe
@@ -137,8 +146,42 @@ def write_report(folder: Path, summary: dict, results: Iterable) -> None:
             trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
             curves[trial_id] = (history["training_iteration"].tolist(), history[metric].tolist())
     title = f"{summary['experiment']}: {len(curves)} trials (x = stopped early)"
-    plot_learning_curves(curves, folder / CURVES_FILE, metric=metric, highlight=summary["test_evaluated_for"], title=title)
-    plot_confusion_matrix(summary["test"]["confusion_matrix"], folder / TEST_CONFUSION_FILE, title=f"{summary['arch']}: winner on test")
+    files.append(plot_learning_curves(curves, folder / CURVES_FILE, metric=metric, highlight=summary["test_evaluated_for"], title=title))
+    files.append(plot_confusion_matrix(summary["test"]["confusion_matrix"], folder / TEST_CONFUSION_FILE, title=f"{summary['arch']}: winner on test"))
+    files += optuna_plots(study, folder)
+    return files
+
+
+def optuna_plots(study, folder: Path) -> list[Path]:
+    """Optimisation history, parameter importances and parallel coordinates, as PNGs."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as optuna_plt
+
+    plots = {
+        "optuna_history.png": optuna_plt.plot_optimization_history,
+        "optuna_importances.png": optuna_plt.plot_param_importances,
+        "optuna_parallel_coordinates.png": optuna_plt.plot_parallel_coordinate,
+    }
+    written = []
+    for name, draw in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # optuna's matplotlib backend is marked experimental
+                axes = draw(study)
+            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+            figure.set_size_inches(8, 5)
+            figure.tight_layout()
+            figure.savefig(folder / name, dpi=110)
+            plt.close(figure)
+            written.append(folder / name)
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. importances need 2+ complete trials
+            logger.info("Optuna plot %s skipped: %s", name, exc)
+    return written
 
 
 def where_to_look(experiment: str, optuna_url: str, local: bool) -> str:
@@ -148,6 +191,7 @@ def where_to_look(experiment: str, optuna_url: str, local: bool) -> str:
             f"  {SUMMARY_FILE:<26}every trial, the winner's config, its test metrics beside the study's",
             f"  {CURVES_FILE:<26}validation curves of all trials",
             f"  {TEST_CONFUSION_FILE:<26}the winner on the test split",
+            f"  {TRIALS_FILE:<26}one row per trial; optuna_*.png: Optuna's plots of the study",
             f"  {'trial_<id>/':<26}each trial's per-epoch metrics (progress.csv) and best checkpoints",
         ]
     lines.append(f"Browse the Optuna study: pip install optuna-dashboard && optuna-dashboard {optuna_url}")

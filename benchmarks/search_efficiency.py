@@ -1,0 +1,147 @@
+"""Search efficiency: ASHA + TPE against random search without early stopping.
+
+Both run through `tuning.run` (same data, seed, trial count and epoch budget; the baseline is
+trial 1 in both), one after the other on one local Ray. Reported per seed:
+- epochs trained in all;
+- epochs consumed (all trials, in wall-clock order) until some trial first reaches the random
+  search's best validation value, and the same for random search itself;
+- how well each epoch's ranking of the random-search trials predicts their final ranking
+  (Spearman), the measurement behind the choice of ASHA's grace period.
+
+    python benchmarks/search_efficiency.py --seeds 0 1 2 --out benchmarks/results/search_efficiency.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from fracture_models.metrics import selection_score
+from fracture_models.records import write_json
+from fracture_models.synthetic import SyntheticSpec, ensure_generated
+from tuning.run import METRICS, get_args_parser, run_search
+
+
+def trial_histories(experiment: Path) -> pd.DataFrame:
+    """Every reported epoch of every trial: trial, epoch, time, metrics."""
+    frames = []
+    for result in sorted(experiment.glob("trial_*/result.json")):
+        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        frames.append(pd.DataFrame(rows).assign(trial=result.parent.name))
+    history = pd.concat(frames, ignore_index=True)
+    # Ray's `timestamp` has 1 s resolution; its start time plus time_total_s orders epochs finely.
+    history["finished_at"] = history["timestamp"] - history["time_since_restore"] + history["time_total_s"]
+    return history.sort_values("finished_at", kind="stable").reset_index(drop=True)
+
+
+def selectable(history: pd.DataFrame, metric: str, mode: str) -> pd.Series:
+    """The value selection would see: the metric, demoted where the model answered one class."""
+    return history.apply(lambda row: selection_score(row, metric, mode, prefix="val_"), axis=1)
+
+
+def epochs_to_reach(history: pd.DataFrame, score: pd.Series, target: float, mode: str) -> int | None:
+    """Epochs consumed (all trials, in order of finishing) until one first scores `target` or better."""
+    reached = score >= target - 1e-12 if mode == "max" else score <= target + 1e-12
+    hits = reached[reached].index
+    return int(hits[0]) + 1 if len(hits) else None
+
+
+def rank_correlations(history: pd.DataFrame, score: pd.Series, epochs: int) -> dict[int, float]:
+    """Spearman correlation between trials' scores at epoch k and their best over all epochs."""
+    frame = history.assign(score=score)
+    table = frame.pivot_table(index="trial", columns="training_iteration", values="score")
+    final = table.max(axis=1)
+    out = {}
+    for k in range(1, epochs):
+        if k in table:
+            out[k] = float(table[k].rank().corr(final.rank()))
+    return out
+
+
+def run_one(data_dir: Path, storage: Path, name: str, seed: int, common: list[str], extra: list[str]) -> tuple[dict, float]:
+    args = get_args_parser().parse_args(
+        ["--data-dir", str(data_dir), "--storage-path", str(storage), "--name", name, "--seed", str(seed), *common, *extra]
+    )
+    start = time.perf_counter()
+    code = run_search(args)
+    if code != 0:
+        raise SystemExit(f"{name} ended with {code}")
+    return json.loads((storage / name / "summary.json").read_text()), time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--num-samples", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--difficulty", type=float, default=1.0, help="generated task difficulty (default: %(default)s)")
+    parser.add_argument("--metric", default="val_fracture_f1", choices=sorted(METRICS))
+    parser.add_argument("--asha", nargs="*", default=[], help="extra tuning.run flags for the ASHA + TPE side, e.g. --grace-period 4")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/search_efficiency.json"))
+    parser.add_argument("--work-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    mode = METRICS[args.metric]
+
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="search-efficiency-"))
+    spec = SyntheticSpec(train=600, val=200, test=200, image_size=128, seed=100, difficulty=args.difficulty)
+    data_dir = ensure_generated(work / "data", spec)
+    common = [
+        "--arch", "cnn", "--num-samples", str(args.num_samples), "--epochs", str(args.epochs), "--image-size", str(args.image_size),
+        "--metric", args.metric, "--cpus-per-trial", "1", "--cache-dir", str(work / "cache"),
+    ]
+    report = {"settings": {**vars(args), "out": str(args.out), "work_dir": str(work), "data": spec.__dict__}, "seeds": []}
+    for seed in args.seeds:
+        random_summary, random_s = run_one(data_dir, work / "runs", f"random-{seed}", seed, common, ["--sampler", "random", "--scheduler", "none"])
+        asha_summary, asha_s = run_one(data_dir, work / "runs", f"asha-{seed}", seed, common, args.asha)
+        random_history = trial_histories(work / "runs" / f"random-{seed}")
+        asha_history = trial_histories(work / "runs" / f"asha-{seed}")
+        random_score, asha_score = selectable(random_history, args.metric, mode), selectable(asha_history, args.metric, mode)
+        target = float(random_score.max() if mode == "max" else random_score.min())
+        row = {
+            "seed": seed,
+            "random": {"epochs": int(len(random_history)), "best": target, "wall_s": round(random_s, 1),
+                       "epochs_to_best": epochs_to_reach(random_history, random_score, target, mode),
+                       "best_is_baseline": random_summary["best_trial"]["trial_id"] == (random_summary["baseline_trial"] or {}).get("trial_id"),
+                       "test_fracture_f1": random_summary["test"]["fracture_f1"]},
+            "asha_tpe": {"epochs": int(len(asha_history)), "wall_s": round(asha_s, 1),
+                         "best": float(asha_score.max() if mode == "max" else asha_score.min()),
+                         "epochs_to_random_best": epochs_to_reach(asha_history, asha_score, target, mode),
+                         "trials_stopped_early": asha_summary["trials_stopped_early"],
+                         "test_fracture_f1": asha_summary["test"]["fracture_f1"]},
+            "baseline_final": (random_summary["baseline_trial"] or {}).get("best_value"),
+            "rank_correlation_by_epoch": rank_correlations(random_history, random_score, args.epochs),
+        }
+        reached = row["asha_tpe"]["epochs_to_random_best"]
+        row["fraction_of_random_epochs_to_reach"] = None if reached is None else reached / row["random"]["epochs"]
+        report["seeds"].append(row)
+        print(json.dumps(row, indent=1), flush=True)
+        write_json(args.out, report)
+    ray.shutdown()
+
+    lines = ["| seed | random: epochs / best | ASHA+TPE: epochs / best | ASHA+TPE epochs to random's best | fraction |", "|---|---|---|---|---|"]
+    for r in report["seeds"]:
+        fraction = r["fraction_of_random_epochs_to_reach"]
+        lines.append(
+            f"| {r['seed']} | {r['random']['epochs']} / {r['random']['best']:.4f} | {r['asha_tpe']['epochs']} / {r['asha_tpe']['best']:.4f} "
+            f"| {r['asha_tpe']['epochs_to_random_best'] or 'not reached'} | {'-' if fraction is None else f'{fraction:.2f}'} |"
+        )
+    correlations = pd.DataFrame([r["rank_correlation_by_epoch"] for r in report["seeds"]])
+    lines += ["", "Spearman(rank at epoch k, final rank), random-search trials, mean over seeds: " + ", ".join(
+        f"k={k}: {v:.2f}" for k, v in correlations.mean().items() if not math.isnan(v))]
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

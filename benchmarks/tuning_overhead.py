@@ -1,0 +1,101 @@
+"""Platform overhead: the same trial configs through `tuning.run` and directly through fracture_models.
+
+Per regime, `tuning.run` runs K trials one at a time (no early stopping, 2 CPUs per trial, Ray
+already started: `ray.init` is timed on its own); then the same K configs are trained in this
+process with fracture_models alone (2 threads), loading the cached splits and testing the winner
+once, as the search does. Reported: wall times, their ratio, and the fixed overhead per trial
+((tuning - direct) / K), which includes Ray's scheduling, handing data to the trial, and the
+per-epoch checkpoint and report that make trials resumable.
+
+    python benchmarks/tuning_overhead.py --out benchmarks/results/tuning_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from fracture_models.config import TrainConfig
+from fracture_models.data import load_dataset
+from fracture_models.engine import build_training, evaluate, fit, make_loaders
+from fracture_models.loader import BatchLoader
+from fracture_models.records import write_json
+from fracture_models.synthetic import SyntheticSpec, ensure_generated
+from tuning.run import get_args_parser, run_search
+
+REGIMES = {  # name -> (trials, epochs, image size): seconds-long trials, then trials of about a minute
+    "short": (6, 1, 32),
+    "minute": (3, 20, 64),
+}
+HYPERPARAMETERS = ("lr", "step_size", "gamma", "aug_strength")
+
+
+def through_tuning(data_dir: Path, work: Path, name: str, trials: int, epochs: int, size: int) -> tuple[float, list[dict]]:
+    args = get_args_parser().parse_args([
+        "--arch", "cnn", "--data-dir", str(data_dir), "--storage-path", str(work / "runs"), "--name", name,
+        "--num-samples", str(trials), "--epochs", str(epochs), "--image-size", str(size), "--sampler", "random",
+        "--scheduler", "none", "--max-concurrent", "1", "--cpus-per-trial", "2", "--cache-dir", str(work / "cache"),
+    ])
+    start = time.perf_counter()
+    if run_search(args) != 0:
+        raise SystemExit(f"{name} failed")
+    elapsed = time.perf_counter() - start
+    summary = json.loads((work / "runs" / name / "summary.json").read_text())
+    return elapsed, [{k: row[k] for k in HYPERPARAMETERS} for row in summary["trials"]]
+
+
+def directly(data_dir: Path, work: Path, configs: list[dict], epochs: int, size: int) -> float:
+    start = time.perf_counter()
+    dataset = load_dataset(data_dir, size, cache_dir=work / "cache")
+    best = (-1.0, None)
+    for hyperparameters in configs:
+        state = build_training(TrainConfig(arch="cnn", epochs=epochs, image_size=size, **hyperparameters))
+        train, val = make_loaders(state, dataset.train, dataset.val)
+        history = fit(state, train, val)
+        score = max(row["val_fracture_f1"] for row in history)
+        if score > best[0]:
+            best = (score, state)
+    state = best[1]
+    evaluate(state, BatchLoader(dataset.test, state.config.batch_size, device=state.device))
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tuning_overhead.json"))
+    args = parser.parse_args(argv)
+    import ray
+
+    work = Path(tempfile.mkdtemp(prefix="tuning-overhead-"))
+    data_dir = ensure_generated(work / "data", SyntheticSpec(train=600, val=200, test=200, image_size=128, seed=7))
+    start = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    report = {"ray_init_s": round(time.perf_counter() - start, 2), "torch_threads": torch.get_num_threads(), "regimes": {}}
+    for name in args.regimes:
+        trials, epochs, size = REGIMES[name]
+        load_dataset(data_dir, size, cache_dir=work / "cache")  # decode once so both sides read the cache
+        tuned_s, configs = through_tuning(data_dir, work, name, trials, epochs, size)
+        direct_s = directly(data_dir, work, configs, epochs, size)
+        report["regimes"][name] = {
+            "trials": trials, "epochs": epochs, "image_size": size,
+            "tuning_s": round(tuned_s, 2), "direct_s": round(direct_s, 2),
+            "ratio": round(tuned_s / direct_s, 3),
+            "overhead_per_trial_s": round((tuned_s - direct_s) / trials, 2),
+            "direct_s_per_trial": round(direct_s / trials, 2),
+        }
+        print(json.dumps({name: report["regimes"][name]}), flush=True)
+        write_json(args.out, report)
+    ray.shutdown()
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Start the team's MLflow tracking server: UI, REST API, artifact proxy, optional basic-auth.
+
+    python -m mlflow_server                         # browse the local store on http://127.0.0.1:5000
+    python -m mlflow_server --backend-store-uri postgresql://mlflow@db/mlflow \
+        --artifacts-destination s3://bucket/mlflow --host 0.0.0.0 --auth
+
+It binds 127.0.0.1 unless told otherwise, refuses a non-loopback address without --auth (or an
+explicit --insecure), waits until the server answers /health before printing its address, and
+stops the whole server on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from fracture_models.cli import configure_logging, run_main
+from fracture_models.errors import UserError
+from mlflow_server.store import artifacts_dir, backend_uri, store_dir
+
+logger = logging.getLogger("mlflow_server")
+
+ADMIN_PASSWORD_ENV = "MLFLOW_AUTH_ADMIN_PASSWORD"
+SECRET_KEY_ENV = "MLFLOW_FLASK_SERVER_SECRET_KEY"
+START_TIMEOUT_S = 180
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Start the MLflow tracking server of fracture-tune.", add_help=add_help)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s; another needs --auth or --insecure)")
+    parser.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
+    parser.add_argument("--store", default=None, help="folder of the default stores (default: $FRACTURE_MLFLOW_DIR, else ./runs/mlflow)")
+    parser.add_argument(
+        "--backend-store-uri", default=None,
+        help="runs and registry: a SQLAlchemy URL such as postgresql://user@host/db (default: sqlite <store>/mlflow.db)",
+    )
+    parser.add_argument(
+        "--artifacts-destination", default=None,
+        help="where proxied artifacts go: a folder or s3://bucket/prefix (default: <store>/artifacts)",
+    )
+    parser.add_argument("--auth", action="store_true", help=f"basic-auth; the admin password comes from ${ADMIN_PASSWORD_ENV} (user admin)")
+    parser.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without --auth")
+    parser.add_argument("--workers", type=int, default=1, help="server worker processes (default: %(default)s)")
+    return parser
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: only a listener blocks
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"Cannot listen on {host}:{port} ({exc.strerror}): another server is there? Pass --port.") from exc
+
+
+def _check_backend(uri: str) -> None:
+    if uri.startswith("postgresql"):
+        try:
+            import psycopg  # noqa: F401 - SQLAlchemy's default PostgreSQL driver
+        except ImportError as exc:
+            raise UserError("A PostgreSQL backend needs its driver: pip install 'fracture-tune[postgres]'.") from exc
+
+
+def _auth_settings(store: Path, env: dict) -> dict:
+    """The basic-auth config file and secret key under <store>/auth; never a default password."""
+    if not env.get(ADMIN_PASSWORD_ENV):
+        raise UserError(
+            f"--auth needs the admin password in ${ADMIN_PASSWORD_ENV} (user 'admin'); there is no default. "
+            f"Example: export {ADMIN_PASSWORD_ENV}=\"$(openssl rand -base64 18)\""
+        )
+    folder = store / "auth"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config = folder / "basic_auth.ini"
+    config.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"  # teammates read each other's runs (leaderboards); writes need a grant
+        f"database_uri = sqlite:///{folder / 'users.db'}\n"
+        "admin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    settings = {"MLFLOW_AUTH_CONFIG_PATH": str(config)}
+    if not env.get(SECRET_KEY_ENV):
+        key_file = folder / "secret_key"
+        if not key_file.exists():
+            key_file.touch(mode=0o600)
+            key_file.write_text(secrets.token_hex(32))
+        settings[SECRET_KEY_ENV] = key_file.read_text().strip()
+    return settings
+
+
+def server_command(args: argparse.Namespace, backend: str, artifacts: str) -> list[str]:
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--host", args.host, "--port", str(args.port),
+        "--backend-store-uri", backend,
+        "--serve-artifacts", "--artifacts-destination", artifacts,
+        "--workers", str(args.workers),
+    ]
+    if args.auth:
+        command += ["--app-name", "basic-auth"]
+    return command
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, timeout_s: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"no answer from {url}/health within {timeout_s:.0f} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop the server and its workers (one process group)."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    configure_logging()
+    if not is_loopback(args.host) and not (args.auth or args.insecure):
+        raise UserError(
+            f"--host {args.host} would expose the server beyond this machine without a password. "
+            "Add --auth (recommended) or, on a network you trust, --insecure."
+        )
+    store = store_dir(args.store)
+    store.mkdir(parents=True, exist_ok=True)
+    backend = args.backend_store_uri or backend_uri(store)
+    artifacts = args.artifacts_destination or str(artifacts_dir(store))
+    _check_backend(backend)
+    _check_port_free(args.host, args.port)
+
+    env = dict(os.environ)
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job runner: 2 processes instead of 15
+    if args.auth:
+        env.update(_auth_settings(store, env))
+    log_file = store / "logs" / f"server-{args.port}.log"
+    log_file.parent.mkdir(exist_ok=True)
+    url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+
+    with open(log_file, "ab") as log:
+        process = subprocess.Popen(
+            server_command(args, backend, artifacts), env=env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True, cwd=store,
+        )
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        logger.info("Starting MLflow (backend %s, artifacts %s); log in %s", _redact(backend), artifacts, log_file)
+        try:
+            wait_until_healthy(url, process)
+        except RuntimeError as exc:
+            raise UserError(f"The MLflow server did not start: {exc}. Last lines of {log_file}:\n{_tail(log_file)}") from exc
+        auth_note = " (basic-auth: user admin)" if args.auth else ""
+        print(f"MLflow UI: {url}{auth_note}\nTracking URI for searches: --tracking-uri {url}\nCtrl-C stops the server.", flush=True)
+        code = process.wait()
+        raise UserError(f"The MLflow server stopped (exit code {code}). Last lines of {log_file}:\n{_tail(log_file)}")
+    except KeyboardInterrupt:
+        print("Stopping the MLflow server...", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        stop(process)
+
+
+def _redact(uri: str) -> str:
+    """A URL without its password, for logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return uri
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

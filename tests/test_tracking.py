@@ -1,0 +1,238 @@
+"""MLflow tracking with real servers (`python -m mlflow_server` on loopback), real Ray, real files."""
+
+from __future__ import annotations
+
+import base64
+import json
+from importlib.metadata import version
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+from ray import tune
+
+from fracture_models.augment import to_model_input
+from fracture_models.data import load_split, resolve_dataset_root
+from fracture_models.errors import UserError
+from tests.conftest import MlflowServer, free_port
+from tuning.run import main
+from tuning.tracking import CHAMPION, champion_decision
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _args(data: Path, storage: Path, name: str, *extra: str) -> list[str]:
+    return [
+        "--arch", "cnn", "--data-dir", str(data), "--image-size", "32", "--batch-size", "16",
+        "--storage-path", str(storage), "--name", name, "--cpus-per-trial", "1", *extra,
+    ]
+
+
+def _job_runs(client: MlflowClient, job: str) -> tuple[object, list]:
+    experiment = client.get_experiment_by_name("fracture-cnn")
+    parents = client.search_runs([experiment.experiment_id], f"tags.job_name = '{job}' and tags.role = 'search'")
+    assert len(parents) == 1
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    return parents[0], children
+
+
+def test_search_is_tracked_on_the_team_server(ray_session, tiny_download: Path, tmp_path: Path, tracking_server, postgres_database):
+    # The team path end to end: MLflow on PostgreSQL behind the server, the Optuna study in PostgreSQL too.
+    optuna_url = postgres_database("optuna")
+    args = _args(tiny_download, tmp_path, "tracked", "--num-samples", "4", "--epochs", "3", "--grace-period", "1",
+                 "--reduction-factor", "2", "--metric", "val_loss", "--tracking-uri", tracking_server.url, "--optuna-storage", optuna_url)
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "tracked" / "summary.json").read_text())
+    client = MlflowClient(tracking_server.url)
+    parent, children = _job_runs(client, "tracked")
+
+    assert parent.info.status == "FINISHED"
+    tags = parent.data.tags
+    assert tags["arch"] == "cnn" and tags["data_fingerprint"] == summary["job"]["data_fingerprint"]
+    assert json.loads(tags["search_space"])["lr"] and json.loads(tags["baseline"])["step_size"] == 7
+    assert json.loads(tags["package_versions"])["torch"] == version("torch")
+    assert parent.data.metrics["test_accuracy"] == pytest.approx(summary["test"]["accuracy"])
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/summary.json", "report/trials.csv", "report/test_confusion_matrix.png", "report/optuna_history.png"} <= report
+
+    # One nested run per trial, each with its per-epoch history, state and confusion matrix.
+    assert len(children) == 4
+    assert {c.data.tags["ray_trial_id"] for c in children} == {r["trial_id"] for r in summary["trials"]}
+    by_trial = {r["trial_id"]: r for r in summary["trials"]}
+    for child in children:
+        row = by_trial[child.data.tags["ray_trial_id"]]
+        history = client.get_metric_history(child.info.run_id, "val_loss")
+        assert sorted(m.step for m in history) == list(range(1, row["epochs"] + 1))
+        assert child.data.tags["state"] == row["status"]
+        assert child.data.tags["stopped_early"] == str(row["status"] == "stopped early").lower()
+        assert set(child.data.params) >= {"lr", "step_size", "gamma", "aug_strength", "arch", "epochs"}
+        assert {"val_fracture_f1", "val_fracture_specificity", "val_roc_auc", "learning_rate", "train_loss"} <= set(child.data.metrics)
+        png = Path(client.download_artifacts(child.info.run_id, "plots/confusion_matrix.png", str(tmp_path / child.info.run_id)))
+        assert png.read_bytes()[:8] == PNG
+    assert any(c.data.tags["stopped_early"] == "true" for c in children)
+
+    # The winner is registered; `champion` points at it; it loads and predicts like the tested checkpoint.
+    champion = client.get_model_version_by_alias("fracture-cnn", CHAMPION)
+    assert champion.run_id == parent.info.run_id
+    assert champion.tags["trial_id"] == summary["best_trial"]["trial_id"]
+    mlflow.set_tracking_uri(tracking_server.url)
+    model = mlflow.pytorch.load_model("models:/fracture-cnn@champion")
+    test = load_split(resolve_dataset_root(tiny_download), "test", 32)
+    with torch.no_grad():
+        predicted = model(to_model_input(test.images)).argmax(1)
+    assert (predicted == test.labels).float().mean().item() == pytest.approx(summary["test"]["accuracy"])
+
+    # `champion` moves only for a better value on the same data and metric.
+    value = float(champion.tags["value"])
+    same = {"metric": "val_loss", "mode": "min", "data_fingerprint": champion.tags["data_fingerprint"]}
+    assert champion_decision(client, "fracture-cnn", {**same, "value": value + 0.1}).startswith("kept")
+    assert champion_decision(client, "fracture-cnn", {**same, "value": value - 0.1}).startswith("promoted")
+    assert "other data" in champion_decision(client, "fracture-cnn", {**same, "data_fingerprint": "x", "value": value - 0.1})
+
+
+def test_unreachable_tracking_server_fails_before_training(ray_session, tiny_download: Path, tmp_path: Path):
+    start = time.monotonic()
+    dead = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(UserError, match="Cannot reach the MLflow tracking store"):
+        main(_args(tiny_download, tmp_path, "offline", "--num-samples", "2", "--epochs", "1", "--tracking-uri", dead))
+    assert time.monotonic() - start < 60
+    assert not (tmp_path / "offline").exists()
+
+
+class _Outage(tune.Callback):
+    """Stops the tracking server after the first trial ends and starts it again after the third.
+
+    The server lives on the class: Tune pickles callbacks with the experiment.
+    """
+
+    server: MlflowServer | None = None
+
+    def __init__(self) -> None:
+        self.ended = 0
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.ended += 1
+        if self.ended == 1:
+            type(self).server.stop()
+        elif self.ended == 3:
+            type(self).server.start()
+
+
+def test_tracking_outage_mid_job_loses_no_metric(ray_session, tiny_download: Path, tmp_path: Path):
+    from tuning.run import get_args_parser, run_search
+
+    server = MlflowServer(tmp_path / "store").start()
+    _Outage.server = server
+    try:
+        args = _args(tiny_download, tmp_path, "outage", "--num-samples", "4", "--epochs", "3", "--scheduler", "none",
+                     "--tracking-uri", server.url)
+        assert run_search(get_args_parser().parse_args(args), callbacks=[_Outage()]) == 0
+        assert server.healthy()
+        client = MlflowClient(server.url)
+        parent, children = _job_runs(client, "outage")
+        assert len(children) == 4
+        for child in children:
+            for key in ("val_loss", "val_fracture_f1", "train_loss"):
+                assert sorted(m.step for m in client.get_metric_history(child.info.run_id, key)) == [1, 2, 3]
+            assert child.info.status == "FINISHED"
+        assert "test_fracture_f1" in parent.data.metrics and parent.info.status == "FINISHED"
+        assert client.get_model_version_by_alias("fracture-cnn", CHAMPION).run_id == parent.info.run_id
+        assert not (tmp_path / "outage" / "mlflow_outbox.jsonl").exists()
+    finally:
+        server.stop()
+
+
+def _get(url: str, headers: dict | None = None) -> int:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_auth_server_refuses_anonymous_and_lets_the_admin_log(tmp_path: Path, monkeypatch):
+    password = "s3cret-for-this-test"
+    server = MlflowServer(tmp_path / "store", "--auth", env={"MLFLOW_AUTH_ADMIN_PASSWORD": password}).start()
+    try:
+        search = f"{server.url}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert _get(search) == 401
+        token = base64.b64encode(f"admin:{password}".encode()).decode()
+        assert _get(search, {"Authorization": f"Basic {token}"}) == 200
+        assert _get(search, {"Authorization": "Basic " + base64.b64encode(b"admin:wrong").decode()}) == 401
+
+        from tuning.tracking import check_reachable
+
+        with pytest.raises(UserError, match="refused these credentials"):
+            check_reachable(server.url)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        check_reachable(server.url)
+        client = MlflowClient(server.url)
+        run = client.create_run(client.create_experiment("auth-check"))
+        client.log_metric(run.info.run_id, "val_fracture_f1", 0.5, step=1)
+        assert client.get_run(run.info.run_id).data.metrics["val_fracture_f1"] == 0.5
+        assert password not in (tmp_path / "store" / "logs" / f"server-{server.port}.log").read_text()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    "flags, env, message",
+    [
+        (["--auth"], {}, "MLFLOW_AUTH_ADMIN_PASSWORD"),
+        (["--host", "0.0.0.0"], {}, "--auth"),
+    ],
+)
+def test_server_refuses_unsafe_starts(tmp_path: Path, flags, env, message):
+    import os
+
+    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_AUTH_ADMIN_PASSWORD"} | env
+    done = subprocess.run(
+        [sys.executable, "-m", "mlflow_server", "--store", str(tmp_path), "--port", str(free_port()), *flags],
+        capture_output=True, text=True, timeout=60, env=environment,
+    )
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def _render(chromium: str, url: str, profile: Path) -> str:
+    """The page's DOM after its scripts ran, from headless Chromium."""
+    return subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--no-first-run", "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=30000",
+         "--window-size=1600,1000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=180,
+    ).stdout
+
+
+def test_mlflow_ui_shows_the_experiment_and_its_runs_in_chromium(tracking_server, tmp_path: Path):
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("Chromium is missing: apt-get install chromium (see README, Development)")
+    client = MlflowClient(tracking_server.url)
+    experiment = client.create_experiment("fracture-ui-check")
+    parent = client.create_run(experiment, run_name="ui-search-parent", tags={"role": "search"})
+    children = []
+    for name in ("ui-trial-one", "ui-trial-two"):
+        child = client.create_run(experiment, run_name=name, tags={"mlflow.parentRunId": parent.info.run_id})
+        client.log_metric(child.info.run_id, "val_fracture_f1", 0.8, step=1)
+        client.set_terminated(child.info.run_id)
+        children.append(child.info.run_id)
+    client.set_terminated(parent.info.run_id)
+
+    runs_page = _render(chromium, f"{tracking_server.url}/#/experiments/{experiment}/runs", tmp_path / "a")
+    assert "fracture-ui-check" in runs_page and "ui-search-parent" in runs_page
+    child_page = _render(chromium, f"{tracking_server.url}/#/experiments/{experiment}/runs/{children[0]}", tmp_path / "b")
+    assert "ui-trial-one" in child_page and "ui-search-parent" in child_page and "val_fracture_f1" in child_page
