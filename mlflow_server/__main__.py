@@ -74,11 +74,10 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def _check_backend(uri: str) -> None:
-    if uri.startswith("postgresql"):
-        try:
-            import psycopg  # noqa: F401 - SQLAlchemy's default PostgreSQL driver
-        except ImportError as exc:
-            raise UserError("A PostgreSQL backend needs its driver: pip install 'fracture-tune[postgres]'.") from exc
+    import importlib.util
+
+    if uri.startswith("postgresql") and importlib.util.find_spec("psycopg") is None:  # SQLAlchemy's default driver
+        raise UserError("A PostgreSQL backend needs its driver: pip install 'fracture-tune[postgres]'.")
 
 
 def _auth_settings(store: Path, env: dict) -> dict:

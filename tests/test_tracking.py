@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
