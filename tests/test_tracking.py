@@ -182,6 +182,8 @@ def test_auth_server_refuses_anonymous_and_lets_the_admin_log(tmp_path: Path, mo
         assert password not in (tmp_path / "store" / "logs" / f"server-{server.port}.log").read_text()
     finally:
         server.stop()
+    # Ctrl-C stopped the server and its workers: clean exit, nothing answers any more.
+    assert server.process.returncode == 0 and not server.healthy()
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,8 @@
 """What the user sees while a search runs: Ray Tune's trial table, trimmed, and nothing else of Ray's.
 
 The table keeps the columns that matter (hyperparameters, epoch, the search metric, val loss),
-short trial names, and drops Ray's own lines (its temporary folders). Ray's and Optuna's
-routine log lines are kept out of the terminal; warnings and errors still show.
+short trial names, and drops Ray's own lines (its temporary folders). Ray's, Optuna's and
+MLflow's routine log lines are kept out of the terminal; warnings and errors still show.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ def quiet_libraries() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("mlflow", "alembic"):  # store creation and migrations narrate every step
+        logging.getLogger(name).setLevel(logging.WARNING)
     # Ray >= 2.60 turns token auth on for a local cluster and says so at every start: the default
     # we want, not something for the user to act on.
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_DropNotice())

@@ -101,6 +101,36 @@ def _check_weights(arch: str, weights: str, image_size: int) -> None:
     create_model(arch, weights=weights, image_size=image_size)
 
 
+def _job_record(args: argparse.Namespace, name: str, metric: str, mode: str, data_root: Path, fingerprint: str, tracking_uri: str) -> dict:
+    """What defines a search: written to job.json, tagged on its MLflow parent run."""
+    from tuning.search_space import describe, search_space
+    from tuning.tracking import git_commit, package_versions
+
+    return {
+        "name": name,
+        "arch": args.arch,
+        "num_samples": args.num_samples,
+        "epochs": args.epochs,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "weights": args.weights,
+        "seed": args.seed,
+        "metric": metric,
+        "mode": mode,
+        "team": args.team,
+        "user": os.environ.get("USER") or os.environ.get("USERNAME") or "unknown",
+        "data_root": str(data_root),
+        "data_fingerprint": fingerprint,
+        "sampler": args.sampler,
+        "scheduler": {"name": args.scheduler, "grace_period": args.grace_period, "reduction_factor": args.reduction_factor},
+        "search_space": describe(search_space(args.arch)),
+        "baseline": dict(BASELINE_HYPERPARAMETERS),
+        "tracking_uri": tracking_uri,
+        "git_commit": git_commit(),
+        "package_versions": package_versions(),
+    }
+
+
 def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> int:
     """The whole job; returns the exit code. `callbacks` are extra Ray Tune callbacks."""
     import optuna
@@ -109,14 +139,14 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
 
     from tuning.progress import quiet_libraries, search_progress, trial_name
     from tuning.resources import check_trial_resources, default_gpus_per_trial
-    from tuning.search_space import baseline_point, describe, search_space
+    from tuning.search_space import baseline_point, search_space
     from tuning.searcher import make_searcher, open_storage
     from tuning.summary import (
         best_checkpoint_dir, evaluate_checkpoint_on_test, format_summary, is_baseline, study_reference, trial_rows, where_to_look, write_report,
     )
     from tuning.trainable import CHECKPOINT_SCORE, train_fracture_model
     from tuning.tracking import (
-        MlflowLoggingCallback, SearchTracker, check_reachable, git_commit, package_versions, resolve_tracking_uri, save_winner_model, tracking_note,
+        MlflowLoggingCallback, SearchTracker, check_reachable, resolve_tracking_uri, save_winner_model, tracking_note,
     )
 
     _validate(args)
@@ -142,38 +172,22 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     check_reachable(tracking_uri)
 
     dataset = load_dataset(data_root, args.image_size, splits=("train", "val"), cache_dir=args.cache_dir, max_bad_fraction=args.max_bad_fraction, progress=True)
-    job = {
-        "name": name,
-        "arch": args.arch,
-        "num_samples": args.num_samples,
-        "epochs": args.epochs,
-        "image_size": args.image_size,
-        "batch_size": args.batch_size,
-        "weights": args.weights,
-        "seed": args.seed,
-        "metric": metric,
-        "mode": mode,
-        "team": args.team,
-        "user": os.environ.get("USER") or os.environ.get("USERNAME") or "unknown",
-        "data_root": str(data_root),
-        "data_fingerprint": dataset.fingerprint,
-        "sampler": args.sampler,
-        "scheduler": {"name": args.scheduler, "grace_period": args.grace_period, "reduction_factor": args.reduction_factor},
-        "search_space": describe(search_space(args.arch)),
-        "baseline": dict(BASELINE_HYPERPARAMETERS),
-        "tracking_uri": tracking_uri,
-        "git_commit": git_commit(),
-        "package_versions": package_versions(),
-    }
+    job = _job_record(args, name, metric, mode, data_root, dataset.fingerprint, tracking_uri)
     if previous is not None:
         for key in ("arch", "data_fingerprint", "image_size", "epochs", "metric"):
             if previous.get(key) != job[key]:
                 raise UserError(f"--resume of {name}: {key} was {previous.get(key)!r}, now {job[key]!r}. Resume with the same data and settings.")
         job = previous
 
-    optuna_url = args.optuna_storage or (f"sqlite:///{experiment}/optuna.db" if local else None)
+    optuna_url = args.optuna_storage or job.get("optuna_storage") or (f"sqlite:///{experiment}/optuna.db" if local else None)
     if optuna_url is None:
         raise UserError("With a remote --storage-path, give --optuna-storage (e.g. a PostgreSQL URL).")
+    if local:
+        Path(experiment).mkdir(parents=True, exist_ok=True)
+    try:
+        storage = open_storage(optuna_url)
+    except Exception as exc:  # noqa: BLE001 - any driver or connection error
+        raise UserError(f"Cannot open the Optuna storage {optuna_url}: {exc}") from exc
     job["optuna_storage"] = optuna_url
     job["tracking_uri"] = tracking_uri
     tracker = SearchTracker(tracking_uri, job, Path(experiment) if local else None)
@@ -189,10 +203,6 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
         tune.with_parameters(train_fracture_model, base_config=base_config, metric=metric, mode=mode, train_split=dataset.train, val_split=dataset.val),
         {"cpu": args.cpus_per_trial, "gpu": gpus},
     )
-    try:
-        storage = open_storage(optuna_url)
-    except Exception as exc:  # noqa: BLE001 - any driver or connection error
-        raise UserError(f"Cannot open the Optuna storage {optuna_url}: {exc}") from exc
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the trimmed table below instead of Ray's default output
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # expected: we checkpoint every epoch
