@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="search-efficiency-"))
+    os.environ["FRACTURE_MLFLOW_DIR"] = str(work / "mlflow")
     spec = SyntheticSpec(train=600, val=200, test=200, image_size=128, seed=100, difficulty=args.difficulty)
     data_dir = ensure_generated(work / "data", spec)
     common = [

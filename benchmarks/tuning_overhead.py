@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     work = Path(tempfile.mkdtemp(prefix="tuning-overhead-"))
+    os.environ["FRACTURE_MLFLOW_DIR"] = str(work / "mlflow")  # tracking is part of the platform's cost
     data_dir = ensure_generated(work / "data", SyntheticSpec(train=600, val=200, test=200, image_size=128, seed=7))
     start = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

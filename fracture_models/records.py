@@ -26,3 +26,17 @@ def write_json(path: str | Path, value: Any) -> Path:
     tmp.write_text(json.dumps(json_safe(value), indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+REDACTED = "***"
+
+
+def redact_url(url: str) -> str:
+    """A URL without its password (`postgresql://user:***@host/db`): safe for records and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:{REDACTED}@{host}"))

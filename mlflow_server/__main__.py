@@ -27,6 +27,7 @@ from pathlib import Path
 
 from fracture_models.cli import configure_logging, run_main
 from fracture_models.errors import UserError
+from fracture_models.records import redact_url
 from mlflow_server.store import artifacts_dir, backend_uri, store_dir
 
 logger = logging.getLogger("mlflow_server")
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        logger.info("Starting MLflow (backend %s, artifacts %s); log in %s", _redact(backend), artifacts, log_file)
+        logger.info("Starting MLflow (backend %s, artifacts %s); log in %s", redact_url(backend), artifacts, log_file)
         try:
             wait_until_healthy(url, process)
         except RuntimeError as exc:
@@ -195,17 +196,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         stop(process)
-
-
-def _redact(uri: str) -> str:
-    """A URL without its password, for logs."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return uri
 
 
 if __name__ == "__main__":

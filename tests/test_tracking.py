@@ -237,3 +237,11 @@ def test_mlflow_ui_shows_the_experiment_and_its_runs_in_chromium(tracking_server
     assert "fracture-ui-check" in runs_page and "ui-search-parent" in runs_page
     child_page = _render(chromium, f"{tracking_server.url}/#/experiments/{experiment}/runs/{children[0]}", tmp_path / "b")
     assert "ui-trial-one" in child_page and "ui-search-parent" in child_page and "val_fracture_f1" in child_page
+
+
+def test_urls_are_recorded_without_passwords():
+    from fracture_models.records import redact_url
+
+    assert redact_url("postgresql://mlflow:hunter2@db.internal:5432/mlflow") == "postgresql://mlflow:***@db.internal:5432/mlflow"
+    assert redact_url("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert redact_url("sqlite:////tmp/x/mlflow.db") == "sqlite:////tmp/x/mlflow.db"

@@ -22,7 +22,7 @@ from pathlib import Path
 from fracture_models.cli import configure_logging, get_common_parser, resolve_data_dir, run_main
 from fracture_models.data import load_dataset, load_split, resolve_dataset_root
 from fracture_models.errors import UserError
-from fracture_models.records import write_json
+from fracture_models.records import REDACTED, redact_url, write_json
 from fracture_models.study import BASELINE_HYPERPARAMETERS
 
 logger = logging.getLogger("tuning.run")
@@ -101,6 +101,13 @@ def _check_weights(arch: str, weights: str, image_size: int) -> None:
     create_model(arch, weights=weights, image_size=image_size)
 
 
+def _unredacted(url: str | None, flag: str) -> str | None:
+    """A URL from job.json, unless its password was left out: then the user must give it again."""
+    if url and f":{REDACTED}@" in url:
+        raise UserError(f"job.json keeps {url} without its password: pass {flag} again to resume.")
+    return url
+
+
 def _job_record(args: argparse.Namespace, name: str, metric: str, mode: str, data_root: Path, fingerprint: str, tracking_uri: str) -> dict:
     """What defines a search: written to job.json, tagged on its MLflow parent run."""
     from tuning.search_space import describe, search_space
@@ -125,7 +132,7 @@ def _job_record(args: argparse.Namespace, name: str, metric: str, mode: str, dat
         "scheduler": {"name": args.scheduler, "grace_period": args.grace_period, "reduction_factor": args.reduction_factor},
         "search_space": describe(search_space(args.arch)),
         "baseline": dict(BASELINE_HYPERPARAMETERS),
-        "tracking_uri": tracking_uri,
+        "tracking_uri": redact_url(tracking_uri),
         "git_commit": git_commit(),
         "package_versions": package_versions(),
     }
@@ -168,7 +175,7 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     check_trial_resources(args.cpus_per_trial, gpus)
     job_file = Path(experiment) / JOB_FILE if local else None
     previous = json.loads(job_file.read_text()) if args.resume and job_file is not None and job_file.is_file() else None
-    tracking_uri = resolve_tracking_uri(args.tracking_uri or (previous or {}).get("tracking_uri"))
+    tracking_uri = resolve_tracking_uri(args.tracking_uri or _unredacted((previous or {}).get("tracking_uri"), "--tracking-uri"))
     check_reachable(tracking_uri)
 
     dataset = load_dataset(data_root, args.image_size, splits=("train", "val"), cache_dir=args.cache_dir, max_bad_fraction=args.max_bad_fraction, progress=True)
@@ -179,7 +186,7 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
                 raise UserError(f"--resume of {name}: {key} was {previous.get(key)!r}, now {job[key]!r}. Resume with the same data and settings.")
         job = previous
 
-    optuna_url = args.optuna_storage or job.get("optuna_storage") or (f"sqlite:///{experiment}/optuna.db" if local else None)
+    optuna_url = args.optuna_storage or _unredacted(job.get("optuna_storage"), "--optuna-storage") or (f"sqlite:///{experiment}/optuna.db" if local else None)
     if optuna_url is None:
         raise UserError("With a remote --storage-path, give --optuna-storage (e.g. a PostgreSQL URL).")
     if local:
@@ -187,14 +194,14 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     try:
         storage = open_storage(optuna_url)
     except Exception as exc:  # noqa: BLE001 - any driver or connection error
-        raise UserError(f"Cannot open the Optuna storage {optuna_url}: {exc}") from exc
-    job["optuna_storage"] = optuna_url
-    job["tracking_uri"] = tracking_uri
+        raise UserError(f"Cannot open the Optuna storage {redact_url(optuna_url)}: {exc}") from exc
+    job["optuna_storage"] = redact_url(optuna_url)  # job.json and MLflow never hold a password
+    job["tracking_uri"] = redact_url(tracking_uri)
     tracker = SearchTracker(tracking_uri, job, Path(experiment) if local else None)
     try:
         job["mlflow_parent_run_id"] = tracker.start(resume=args.resume)
     except Exception as exc:  # noqa: BLE001 - the store went away since the check
-        raise UserError(f"MLflow at {tracking_uri} failed as the job started: {exc}. Nothing was trained.") from exc
+        raise UserError(f"MLflow at {redact_url(tracking_uri)} failed as the job started: {exc}. Nothing was trained.") from exc
     if job_file is not None:
         write_json(job_file, job)
 
@@ -262,7 +269,7 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
         "experiment": job["name"],
         "arch": job["arch"],
         "experiment_path": experiment,
-        "optuna_storage": optuna_url,
+        "optuna_storage": redact_url(optuna_url),
         "metric": metric,
         "mode": mode,
         "num_trials": len(rows),
@@ -284,7 +291,7 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     model_dir = save_winner_model(winner_checkpoint, tracker.files_dir("model"))
     tracker.job_finished(summary, report_files, model_dir)
     print("\n" + format_summary(summary))
-    print("\n" + where_to_look(experiment, optuna_url, local))
+    print("\n" + where_to_look(experiment, redact_url(optuna_url), local))
     print(tracking_note(tracker))
     return 0
 

@@ -28,6 +28,7 @@ from ray import tune
 from fracture_models.errors import UserError
 from fracture_models.metrics import confusion_from_counts, selection_score
 from fracture_models.plots import plot_confusion_matrix, plot_loss_curves
+from fracture_models.records import redact_url
 
 logger = logging.getLogger("tuning.tracking")
 
@@ -79,7 +80,7 @@ def check_reachable(uri: str) -> None:
         status = exc.get_http_status_code() if hasattr(exc, "get_http_status_code") else None
         if status in (401, 403) or "401" in str(exc) or "403" in str(exc):
             raise UserError(
-                f"The MLflow server at {uri} refused these credentials: set MLFLOW_TRACKING_USERNAME and "
+                f"The MLflow server at {redact_url(uri)} refused these credentials: set MLFLOW_TRACKING_USERNAME and "
                 "MLFLOW_TRACKING_PASSWORD to an account that may write."
             ) from exc
         raise UserError(_unreachable(uri, exc)) from exc
@@ -90,7 +91,7 @@ def check_reachable(uri: str) -> None:
 def _unreachable(uri: str, exc: Exception) -> str:
     first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     return (
-        f"Cannot reach the MLflow tracking store at {uri} ({first}). Start it with `python -m mlflow_server`, "
+        f"Cannot reach the MLflow tracking store at {redact_url(uri)} ({first}). Start it with `python -m mlflow_server`, "
         "fix --tracking-uri / $MLFLOW_TRACKING_URI, or drop both to log to the local store. Nothing was trained."
     )
 
@@ -458,7 +459,7 @@ def tracking_note(tracker: SearchTracker, wait_s: float = 30.0) -> str:
         browse = "python -m mlflow_server" + ("" if default else f" --store {Path(tracker.uri.removeprefix('sqlite:///')).parent}")
         where = f"browse: {browse}, then open http://127.0.0.1:5000"
     else:
-        where = f"browse: {tracker.uri}"
+        where = f"browse: {redact_url(tracker.uri)}"
     return f"MLflow: experiment {name}, parent run {tracker.job['name']} ({tracker.parent_run_id}); {where}"
 
 
@@ -553,13 +554,16 @@ class MlflowLoggingCallback(tune.Callback):
         self.histories = state.get("histories", {})
 
 
-def replay(experiment: Path) -> int:
+def replay(experiment: Path, tracking_uri: str | None = None) -> int:
     """Send the writes an outage left in <experiment>/mlflow_outbox.jsonl."""
     job = json.loads((experiment / "job.json").read_text())
     if not (experiment / OUTBOX_FILE).exists():
         print(f"Nothing pending in {experiment}.")
         return 0
-    tracker = SearchTracker(job["tracking_uri"], job, experiment)
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or job["tracking_uri"]
+    if ":***@" in uri:
+        raise UserError(f"job.json keeps {uri} without its password: pass the tracking URI as the second argument.")
+    tracker = SearchTracker(uri, job, experiment)
     check_reachable(tracker.uri)
     tracker.start(resume=True)
     left = len(tracker.outbox.pending)
@@ -570,11 +574,20 @@ def replay(experiment: Path) -> int:
     return 1
 
 
-if __name__ == "__main__":
-    from fracture_models.cli import configure_logging, run_main
+def main(argv: list[str] | None = None) -> int:
+    import argparse
 
+    from fracture_models.cli import configure_logging
+
+    parser = argparse.ArgumentParser(description="Send the MLflow writes that an outage left pending in a search's folder.")
+    parser.add_argument("experiment", type=Path, help="the search's folder, e.g. runs/tune/cnn-20261126-101500")
+    parser.add_argument("tracking_uri", nargs="?", default=None, help="default: $MLFLOW_TRACKING_URI, else the one in job.json")
+    args = parser.parse_args(argv)
     configure_logging()
-    if len(sys.argv) != 2:
-        print("usage: python -m tuning.tracking EXPERIMENT_FOLDER   (sends MLflow writes left pending by an outage)", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(run_main(lambda _: replay(Path(sys.argv[1]))))
+    return replay(args.experiment, args.tracking_uri)
+
+
+if __name__ == "__main__":
+    from fracture_models.cli import run_main
+
+    sys.exit(run_main(main))
