@@ -59,6 +59,9 @@ def test_search_is_tracked_on_the_team_server(ray_session, tiny_download: Path, 
     assert json.loads(tags["search_space"])["lr"] and json.loads(tags["baseline"])["step_size"] == 7
     assert json.loads(tags["package_versions"])["torch"] == version("torch")
     assert parent.data.metrics["test_accuracy"] == pytest.approx(summary["test"]["accuracy"])
+    assert parent.data.metrics["best_val_loss"] == pytest.approx(summary["best_trial"]["best_value"])
+    assert parent.data.metrics["trial_hours"] > 0 and parent.data.metrics["gpu_hours"] == 0  # CPU trials
+    assert parent.data.metrics["trials"] == 4
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/summary.json", "report/trials.csv", "report/test_confusion_matrix.png", "report/optuna_history.png"} <= report
 

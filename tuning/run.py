@@ -277,6 +277,8 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
         "trials_failed": sum(r["status"] == "failed" for r in rows),
         "epochs_trained": sum(r["epochs"] for r in rows),
         "epochs_budget": len(rows) * job["epochs"],
+        "trial_hours": sum(r["seconds"] for r in rows) / 3600,
+        "gpu_hours": sum(r["seconds"] for r in rows) / 3600 * gpus,
         "baseline": baseline_point(),
         "baseline_trial": next((r for r in rows if is_baseline(r, baseline_point())), None),
         "best_trial": best,

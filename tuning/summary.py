@@ -62,6 +62,7 @@ def trial_rows(results: Iterable, hyperparameters: Iterable[str], metric: str, m
                 "predicts_one_class": one_class,
                 "epochs": epochs,
                 "status": status,
+                "seconds": float((result.metrics or {}).get("time_total_s") or 0.0),
                 "path": result.path,
                 CHECKPOINT_SCORE: best_score,
             }

@@ -285,6 +285,7 @@ class SearchTracker:
             "metric": job["metric"],
             "mode": job["mode"],
             "data_fingerprint": job["data_fingerprint"],
+            "image_size": str(job["image_size"]),
             "sampler": job.get("sampler", "tpe"),
             "scheduler": json.dumps(job["scheduler"]),
             "search_space": json.dumps(job["search_space"]),
@@ -392,12 +393,13 @@ class SearchTracker:
 
     def job_finished(self, summary: dict, report_files: Iterable[Path], model_dir: Path | None) -> None:
         test = {f"test_{k}": v for k, v in summary["test"].items() if _is_number(v)}
+        test.update(trial_hours=summary["trial_hours"], gpu_hours=summary["gpu_hours"], trials=summary["num_trials"],
+                    trials_stopped_early=summary["trials_stopped_early"], epochs_trained=summary["epochs_trained"],
+                    **{f"best_{summary['metric']}": summary["best_trial"]["best_value"]})
         self.submit("metrics", trial_id=None, step=0, metrics=test, timestamp_ms=int(time.time() * 1000))
         best = summary["best_trial"]
         self.submit("tags", trial_id=None, tags={
-            "best_trial": best["trial_id"], f"best_{summary['metric']}": best["best_value"],
-            "trials": summary["num_trials"], "trials_stopped_early": summary["trials_stopped_early"],
-            "epochs_trained": f"{summary['epochs_trained']} of {summary['epochs_budget']}",
+            "best_trial": best["trial_id"], "epochs_budget": summary["epochs_budget"], "image_size": self.job["image_size"],
         })
         for path in report_files:
             self.submit("artifact", trial_id=None, path=str(path), artifact_path="report")
