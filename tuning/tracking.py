@@ -478,6 +478,8 @@ def champion_decision(client, name: str, candidate: Mapping) -> str:
         return f"kept version {current.version}: it was selected on other data (fingerprint {tags.get('data_fingerprint')})"
     if tags.get("metric") != candidate["metric"]:
         return f"kept version {current.version}: it was selected on {tags.get('metric')}, not {candidate['metric']}"
+    if "value" not in tags:
+        return f"kept version {current.version}: it has no validation value to compare (set by hand?); move the alias by hand"
     old, new = float(tags["value"]), float(candidate["value"])
     better = new > old if candidate["mode"] == "max" else new < old
     if better:
