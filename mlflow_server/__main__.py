@@ -122,12 +122,13 @@ def server_command(args: argparse.Namespace, backend: str, artifacts: str) -> li
 
 
 def wait_until_healthy(url: str, process: subprocess.Popen, timeout_s: float = START_TIMEOUT_S) -> None:
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # our own server: never via a proxy
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the server exited with code {process.returncode}")
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            with direct.open(f"{url}/health", timeout=2) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):

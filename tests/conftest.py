@@ -81,6 +81,11 @@ def ray_session():
 # --- MLflow servers: real `python -m mlflow_server` processes on loopback ----------------------
 
 
+# Loopback requests go direct: urllib's global opener keeps the proxies of the first call
+# (a test of offline weights sets a dead one).
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -98,6 +103,7 @@ class MlflowServer:
 
     def start(self, timeout_s: float = 120) -> "MlflowServer":
         self.output = self.store.parent / f"{self.store.name}-{self.port}.out"
+        seen = self.output.stat().st_size if self.output.exists() else 0  # a restart appends: wait for its own line
         with open(self.output, "ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "mlflow_server", "--store", str(self.store), "--port", str(self.port), *self.extra],
@@ -107,7 +113,7 @@ class MlflowServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"mlflow_server exited {self.process.returncode}: {self.output.read_text()[-2000:]}")
-            if "MLflow UI:" in self.output.read_text():
+            if "MLflow UI:" in self.output.read_text()[seen:]:
                 return self
             time.sleep(0.3)
         raise RuntimeError(f"mlflow_server did not come up: {self.output.read_text()[-2000:]}")
@@ -119,7 +125,7 @@ class MlflowServer:
 
     def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+            with DIRECT.open(f"{self.url}/health", timeout=2) as response:
                 return response.status == 200
         except OSError:
             return False

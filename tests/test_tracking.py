@@ -21,7 +21,7 @@ from ray import tune
 from fracture_models.augment import to_model_input
 from fracture_models.data import load_split, resolve_dataset_root
 from fracture_models.errors import UserError
-from tests.conftest import MlflowServer, free_port
+from tests.conftest import DIRECT, MlflowServer, free_port
 from tuning.run import main
 from tuning.tracking import CHAMPION, champion_decision
 
@@ -86,7 +86,10 @@ def test_search_is_tracked_on_the_team_server(ray_session, tiny_download: Path, 
     assert champion.run_id == parent.info.run_id
     assert champion.tags["trial_id"] == summary["best_trial"]["trial_id"]
     mlflow.set_tracking_uri(tracking_server.url)
-    model = mlflow.pytorch.load_model("models:/fracture-cnn@champion")
+    try:
+        model = mlflow.pytorch.load_model("models:/fracture-cnn@champion")
+    finally:
+        mlflow.set_tracking_uri(None)  # it also sets $MLFLOW_TRACKING_URI, which later searches would follow
     test = load_split(resolve_dataset_root(tiny_download), "test", 32)
     with torch.no_grad():
         predicted = model(to_model_input(test.images)).argmax(1)
@@ -155,7 +158,7 @@ def test_tracking_outage_mid_job_loses_no_metric(ray_session, tiny_download: Pat
 def _get(url: str, headers: dict | None = None) -> int:
     request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with DIRECT.open(request, timeout=10) as response:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code

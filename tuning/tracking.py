@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -66,6 +67,9 @@ def _configure_client() -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # the end of the job prints where runs are
 
 
+_AUTH_REFUSED = re.compile(r"(error code|status code|Response code)\D{0,5}40[13]\b|Unauthorized|Permission denied", re.I)
+
+
 def check_reachable(uri: str) -> None:
     """Fail before any training when the tracking server does not answer or refuses us."""
     from mlflow import MlflowClient
@@ -77,8 +81,7 @@ def check_reachable(uri: str) -> None:
     try:
         MlflowClient(uri).search_experiments(max_results=1)
     except MlflowException as exc:
-        status = exc.get_http_status_code() if hasattr(exc, "get_http_status_code") else None
-        if status in (401, 403) or "401" in str(exc) or "403" in str(exc):
+        if _AUTH_REFUSED.search(str(exc)) or exc.error_code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
             raise UserError(
                 f"The MLflow server at {redact_url(uri)} refused these credentials: set MLFLOW_TRACKING_USERNAME and "
                 "MLFLOW_TRACKING_PASSWORD to an account that may write."
