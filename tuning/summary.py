@@ -22,6 +22,7 @@ SUMMARY_FILE = "summary.json"
 CURVES_FILE = "learning_curves.png"
 TEST_CONFUSION_FILE = "test_confusion_matrix.png"
 TRIALS_FILE = "trials.csv"
+MIN_TRIALS_FOR_IMPORTANCES = 5
 
 logger = logging.getLogger("tuning.summary")
 
@@ -168,6 +169,11 @@ def optuna_plots(study, folder: Path) -> list[Path]:
         "optuna_importances.png": optuna_plt.plot_param_importances,
         "optuna_parallel_coordinates.png": optuna_plt.plot_parallel_coordinate,
     }
+    complete = sum(t.state.name == "COMPLETE" for t in study.trials)
+    if complete < MIN_TRIALS_FOR_IMPORTANCES:
+        # fANOVA on a handful of full-length trials (early-stopped ones carry no value) says "all equal".
+        del plots["optuna_importances.png"]
+        logger.info("Parameter importances skipped: %d complete trials (< %d)", complete, MIN_TRIALS_FOR_IMPORTANCES)
     written = []
     for name, draw in plots.items():
         try:
