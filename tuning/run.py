@@ -108,6 +108,15 @@ def _unredacted(url: str | None, flag: str) -> str | None:
     return url
 
 
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (some containers)
+        return "unknown"
+
+
 def _job_record(args: argparse.Namespace, name: str, metric: str, mode: str, data_root: Path, fingerprint: str, tracking_uri: str) -> dict:
     """What defines a search: written to job.json, tagged on its MLflow parent run."""
     from tuning.search_space import describe, search_space
@@ -125,7 +134,7 @@ def _job_record(args: argparse.Namespace, name: str, metric: str, mode: str, dat
         "metric": metric,
         "mode": mode,
         "team": args.team,
-        "user": os.environ.get("USER") or os.environ.get("USERNAME") or "unknown",
+        "user": _user(),
         "data_root": str(data_root),
         "data_fingerprint": fingerprint,
         "sampler": args.sampler,

@@ -1,0 +1,261 @@
+"""Team leaderboards: rank the searches in the tracking store, beside the study's reported numbers.
+
+    python -m tuning.leaderboard [--arch vgg16] [--team imaging] [--by team] [--format markdown]
+
+Rules that keep the board fair:
+- ranking uses each job's best *validation* value of one metric (default val_fracture_f1);
+  test metrics are shown, never ranked on unless asked (--metric test_accuracy), and exist only
+  for each job's selected winner (tested once);
+- jobs on different data (fingerprint) or image sizes are in separate groups, never ranked
+  against each other;
+- the study's reported test results are reference rows, marked as such, never ranked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import io
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Iterable
+
+from fracture_models.errors import UserError
+from fracture_models.study import STUDY_TEST_RESULTS
+
+EXPERIMENT_PREFIX = "fracture-"
+TEST_COLUMNS = ("test_accuracy", "test_fracture_sensitivity", "test_fracture_specificity", "test_fracture_f1")
+MODES = {"val_loss": "min", "test_loss": "min"}  # every other metric: higher is better
+
+
+@dataclass
+class Job:
+    """One finished search, as its MLflow parent run records it."""
+
+    team: str
+    user: str
+    arch: str
+    job: str
+    metric: str
+    value: float | None
+    test: dict[str, float]
+    trials: int
+    stopped_early: int
+    trial_hours: float
+    gpu_hours: float
+    date: str
+    link: str
+    data_fingerprint: str
+    image_size: str
+    rank: int | None = None
+
+
+@dataclass
+class Group:
+    """Jobs comparable with each other: same data and image size."""
+
+    data_fingerprint: str
+    image_size: str
+    jobs: list[Job] = field(default_factory=list)
+
+
+def ui_base(tracking_uri: str) -> str | None:
+    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else None
+
+
+def collect_jobs(client, tracking_uri: str, metric: str, *, arch: str | None = None, team: str | None = None) -> list[Job]:
+    """Finished searches (parent runs tagged role=search) in the fracture-* experiments."""
+    experiments = [e for e in client.search_experiments(max_results=1000) if e.name.startswith(EXPERIMENT_PREFIX)]
+    if arch:
+        experiments = [e for e in experiments if e.name == f"{EXPERIMENT_PREFIX}{arch}"]
+    if not experiments:
+        return []
+    query = "tags.role = 'search' and attributes.status = 'FINISHED'"
+    if team:
+        query += f" and tags.team = '{team}'"
+    base, jobs = ui_base(tracking_uri), []
+    for run in _all_runs(client, [e.experiment_id for e in experiments], query):
+        tags, metrics = run.data.tags, run.data.metrics
+        value = metrics.get(metric if metric.startswith("test_") else f"best_{metric}")
+        jobs.append(Job(
+            team=tags.get("team", "?"), user=tags.get("user", "?"), arch=tags.get("arch", "?"), job=run.info.run_name,
+            metric=tags.get("metric", "?"), value=value, test={k: metrics[k] for k in TEST_COLUMNS if k in metrics},
+            trials=int(metrics.get("trials", 0)), stopped_early=int(metrics.get("trials_stopped_early", 0)),
+            trial_hours=float(metrics.get("trial_hours", 0.0)), gpu_hours=float(metrics.get("gpu_hours", 0.0)),
+            date=datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            link=f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" if base else run.info.run_id,
+            data_fingerprint=tags.get("data_fingerprint", "?"), image_size=tags.get("image_size", "?"),
+        ))
+    return jobs
+
+
+def _all_runs(client, experiment_ids: list[str], query: str) -> Iterable:
+    token = None
+    while True:
+        page = client.search_runs(experiment_ids, query, max_results=1000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def rank(jobs: Iterable[Job], metric: str, *, by: str | None = None, top: int | None = None) -> list[Group]:
+    """Groups of comparable jobs, each ranked best first; with `by`, only the best job per team/user/arch."""
+    descending = MODES.get(metric, "max") == "max"
+    groups: dict[tuple[str, str], Group] = {}
+    for job in jobs:
+        if job.value is None:
+            continue  # the job did not record this metric (it optimised another one)
+        key = (job.data_fingerprint, job.image_size)
+        groups.setdefault(key, Group(*key)).jobs.append(job)
+    out = []
+    for group in groups.values():
+        ordered = sorted(group.jobs, key=lambda j: j.value, reverse=descending)
+        if by:
+            seen, kept = set(), []
+            for job in ordered:
+                if getattr(job, by) not in seen:
+                    seen.add(getattr(job, by))
+                    kept.append(job)
+            ordered = kept
+        ordered = ordered[:top] if top else ordered
+        for position, job in enumerate(ordered, start=1):
+            job.rank = position
+        group.jobs = ordered
+        out.append(group)
+    return sorted(out, key=lambda g: -len(g.jobs))
+
+
+def study_rows(arch: str | None) -> list[dict]:
+    """The study's reported test results (CNN 0.8913, ResNet50 0.9368, VGG16 0.9763 accuracy)."""
+    rows = []
+    for name, reported in STUDY_TEST_RESULTS.items():
+        if arch and name != arch:
+            continue
+        rows.append({
+            "arch": name, "test_accuracy": reported["accuracy"], "test_fracture_sensitivity": reported["fracture_sensitivity"],
+            "test_fracture_specificity": reported["fracture_specificity"], "test_fracture_f1": reported["fracture_f1"],
+            "reported_precision": reported["reported_precision"], "reported_recall": reported["reported_recall"],
+            "reported_f1": reported["reported_f1"],
+        })
+    return rows
+
+
+HEADERS = ("rank", "team", "user", "arch", "job", "best", "test acc", "sens", "spec", "F1", "trials", "stopped", "trial-h", "GPU-h", "date", "link")
+
+
+def _cells(job: Job) -> list[str]:
+    test = [f"{job.test[k]:.4f}" if k in job.test else "-" for k in TEST_COLUMNS]
+    return [str(job.rank), job.team, job.user, job.arch, job.job, f"{job.value:.4f}", *test, str(job.trials), str(job.stopped_early),
+            f"{job.trial_hours:.2f}", f"{job.gpu_hours:.2f}", job.date, job.link]
+
+
+def _study_cells(row: dict) -> list[str]:
+    test = [f"{row[k]:.4f}" for k in TEST_COLUMNS]
+    return ["study", "(reported)", "-", row["arch"], "the study's result", "-", *test, "-", "-", "-", "-", "-", "-"]
+
+
+def _caption(group: Group, metric: str) -> str:
+    return f"Data {group.data_fingerprint[:12]}, {group.image_size} px: ranked by {metric}"
+
+
+def render(groups: list[Group], study: list[dict], metric: str, fmt: str, empty_hint: str) -> str:
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["group_data_fingerprint", "group_image_size", *HEADERS])
+        for group in groups:
+            for job in group.jobs:
+                writer.writerow([group.data_fingerprint, group.image_size, *_cells(job)])
+        for row in study:
+            writer.writerow(["", "", *_study_cells(row)])
+        return out.getvalue()
+    if fmt == "html":
+        return render_html(groups, study, metric, empty_hint)
+    blocks = []
+    if not groups:
+        blocks.append(empty_hint)
+    for group in groups:
+        rows = [_cells(job) for job in group.jobs]
+        blocks.append(_text_table(_caption(group, metric), rows, markdown=fmt == "markdown"))
+    blocks.append(_text_table("The study's reported test results (reference, not ranked)", [_study_cells(r) for r in study], markdown=fmt == "markdown"))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _text_table(caption: str, rows: list[list[str]], *, markdown: bool) -> str:
+    if markdown:
+        lines = [f"**{caption}**", "", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(HEADERS)]
+    lines = [caption, "  ".join(h.ljust(w) for h, w in zip(HEADERS, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+def render_html(groups: list[Group], study: list[dict], metric: str, empty_hint: str) -> str:
+    """A self-contained page (no scripts, no external assets)."""
+    def table(caption: str, rows: list[list[str]], links: bool, css: str = "") -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS)
+        body = []
+        for row in rows:
+            cells = [f"<td>{html.escape(c)}</td>" for c in row[:-1]]
+            last = row[-1]
+            cells.append(f'<td><a href="{html.escape(last)}">MLflow</a></td>' if links and last.startswith("http") else f"<td>{html.escape(last)}</td>")
+            body.append(f'<tr class="{css}">' + "".join(cells) + "</tr>")
+        return f"<table><caption>{html.escape(caption)}</caption><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+    parts = [f"<p class='empty'>{html.escape(empty_hint)}</p>"] if not groups else []
+    parts += [table(_caption(g, metric), [_cells(j) for j in g.jobs], True, "job") for g in groups]
+    parts.append(table("The study's reported test results (reference, not ranked)", [_study_cells(r) for r in study], False, "study"))
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}caption{text-align:left;font-weight:bold}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}tr.study{background:#f4f0e0;font-style:italic}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>fracture-tune leaderboard</title><style>{style}</style></head><body><h1>fracture-tune leaderboard</h1>{''.join(parts)}</body></html>"
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Rank the team's searches from the MLflow tracking store.", add_help=add_help)
+    parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else the local store")
+    parser.add_argument("--arch", default=None, help="only this architecture")
+    parser.add_argument("--team", default=None, help="only this team")
+    parser.add_argument("--by", choices=["team", "user", "arch"], default=None, help="keep the best job per team, user or architecture")
+    parser.add_argument("--metric", default="val_fracture_f1", help="rank on this validation metric (default: %(default)s); test_* ranks on test")
+    parser.add_argument("--top", type=int, default=None, help="rows per group")
+    parser.add_argument("--format", choices=["table", "markdown", "csv", "html"], default="table")
+    parser.add_argument("--out", default=None, help="write to this file instead of the terminal")
+    return parser
+
+
+def build(tracking_uri: str, metric: str, *, arch=None, team=None, by=None, top=None, fmt="table") -> str:
+    from mlflow import MlflowClient
+
+    jobs = collect_jobs(MlflowClient(tracking_uri), tracking_uri, metric, arch=arch, team=team)
+    hint = "No finished searches yet" + (f" for arch {arch}" if arch else "") + (f" of team {team}" if team else "") + \
+        ". Run one with: python -m tuning.run --synthetic --arch cnn --num-samples 8"
+    return render(rank(jobs, metric, by=by, top=top), study_rows(arch), metric, fmt, hint)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tuning.tracking import check_reachable, resolve_tracking_uri
+
+    args = get_args_parser().parse_args(argv)
+    if args.top is not None and args.top < 1:
+        raise UserError("--top must be at least 1.")
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_reachable(uri)
+    text = build(uri, args.metric, arch=args.arch, team=args.team, by=args.by, top=args.top, fmt=args.format)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as out:
+            out.write(text)
+        print(f"Leaderboard written to {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    from fracture_models.cli import run_main
+
+    sys.exit(run_main(main))
