@@ -28,6 +28,7 @@ from pathlib import Path
 from fracture_models.cli import configure_logging, run_main
 from fracture_models.errors import UserError
 from fracture_models.records import redact_url
+from mlflow_server.app import AUTH_ENV
 from mlflow_server.store import artifacts_dir, backend_uri, store_dir
 
 logger = logging.getLogger("mlflow_server")
@@ -35,6 +36,7 @@ logger = logging.getLogger("mlflow_server")
 ADMIN_PASSWORD_ENV = "MLFLOW_AUTH_ADMIN_PASSWORD"
 SECRET_KEY_ENV = "MLFLOW_FLASK_SERVER_SECRET_KEY"
 START_TIMEOUT_S = 180
+APP_NAME = "fracture-tune"
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -116,9 +118,7 @@ def server_command(args: argparse.Namespace, backend: str, artifacts: str) -> li
         "--serve-artifacts", "--artifacts-destination", artifacts,
         "--workers", str(args.workers),
     ]
-    if args.auth:
-        command += ["--app-name", "basic-auth"]
-    return command
+    return command + ["--app-name", APP_NAME]  # MLflow's app + /leaderboard (mlflow_server.app), auth inside
 
 
 def wait_until_healthy(url: str, process: subprocess.Popen, timeout_s: float = START_TIMEOUT_S) -> None:
@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job runner: 2 processes instead of 15
     if args.auth:
         env.update(_auth_settings(store, env))
+        env[AUTH_ENV] = "1"
+    else:
+        env.pop(AUTH_ENV, None)
     log_file = store / "logs" / f"server-{args.port}.log"
     log_file.parent.mkdir(exist_ok=True)
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"

@@ -76,3 +76,44 @@ def test_an_empty_store_gives_a_friendly_board(tmp_path: Path, capsys):
     out = capsys.readouterr().out
     assert "No finished searches yet" in out and "python -m tuning.run" in out
     assert "0.9763" in out
+
+
+def test_leaderboard_page_in_chromium(two_teams, tmp_path: Path):
+    import shutil
+    import subprocess
+
+    from tests.conftest import DIRECT
+
+    server, best = two_teams
+    with DIRECT.open(f"{server.url}/leaderboard?metric=val_loss&team=beta", timeout=30) as response:
+        filtered = response.read().decode()
+    assert "beta-job" in filtered and "alpha-job" not in filtered and "0.9763" in filtered
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("Chromium is missing: apt-get install chromium (see README, Development)")
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+             "--no-first-run", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,900"]
+    url = f"{server.url}/leaderboard?metric=val_loss"
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    expected = sorted(best, key=best.get)
+    assert dom.index(expected[0]) < dom.index(expected[1])
+    assert dom.count('<tr class="job">') == 2 and dom.count('<tr class="study">') == 3
+    assert "data:image/png;base64," in dom  # the architecture-vs-study plot
+    shot = tmp_path / "leaderboard.png"
+    subprocess.run([*flags, f"--screenshot={shot}", url], capture_output=True, timeout=120)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_jobs_on_other_data_or_sizes_are_never_ranked_together():
+    from tuning.leaderboard import Job, rank
+
+    def job(name: str, value: float, fingerprint: str, size: str) -> Job:
+        return Job("t", "u", "cnn", name, "val_fracture_f1", value, {}, 1, 0, 0.0, 0.0, "", "", fingerprint, size)
+
+    groups = rank([job("a", 0.9, "d1", "224"), job("b", 0.8, "d1", "224"), job("c", 0.99, "d2", "224"), job("d", 0.95, "d1", "128")],
+                  "val_fracture_f1")
+    ranked = {(g.data_fingerprint, g.image_size): [(j.job, j.rank) for j in g.jobs] for g in groups}
+    assert ranked == {("d1", "224"): [("a", 1), ("b", 2)], ("d2", "224"): [("c", 1)], ("d1", "128"): [("d", 1)]}
+    loss = rank([job("x", 0.5, "d", "s"), job("y", 0.3, "d", "s")], "val_loss")
+    assert [j.job for j in loss[0].jobs] == ["y", "x"]  # lower loss ranks first

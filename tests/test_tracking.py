@@ -173,6 +173,8 @@ def test_auth_server_refuses_anonymous_and_lets_the_admin_log(tmp_path: Path, mo
         token = base64.b64encode(f"admin:{password}".encode()).decode()
         assert _get(search, {"Authorization": f"Basic {token}"}) == 200
         assert _get(search, {"Authorization": "Basic " + base64.b64encode(b"admin:wrong").decode()}) == 401
+        assert _get(f"{server.url}/leaderboard") == 401  # fracture-tune's page obeys --auth too
+        assert _get(f"{server.url}/leaderboard", {"Authorization": f"Basic {token}"}) == 200
 
         from tuning.tracking import check_reachable
 

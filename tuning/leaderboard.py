@@ -154,7 +154,8 @@ def _cells(job: Job) -> list[str]:
 
 def _study_cells(row: dict) -> list[str]:
     test = [f"{row[k]:.4f}" for k in TEST_COLUMNS]
-    return ["study", "(reported)", "-", row["arch"], "the study's result", "-", *test, "-", "-", "-", "-", "-", "-"]
+    reported = f"the study: precision {row['reported_precision']:.4f}, recall {row['reported_recall']:.4f}, F1 {row['reported_f1']:.4f}"
+    return ["study", "(reported)", "-", row["arch"], reported, "-", *test, "-", "-", "-", "-", "-", "-"]
 
 
 def _caption(group: Group, metric: str) -> str:

@@ -1,0 +1,96 @@
+"""The app `python -m mlflow_server` serves: MLflow's own, plus fracture-tune's page `/leaderboard`.
+
+Registered as the MLflow app plugin `fracture-tune` (pyproject entry point `mlflow.app`), so
+MLflow's server runs it in its workers; with --auth it is wrapped by MLflow's basic-auth like
+every other route, so the page needs a login too.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+
+AUTH_ENV = "FRACTURE_MLFLOW_AUTH"
+
+
+def create_app():
+    from mlflow.server import app
+
+    if "fracture_leaderboard" not in app.view_functions:
+        app.add_url_rule("/leaderboard", "fracture_leaderboard", leaderboard_page, methods=["GET"])
+    if os.environ.get(AUTH_ENV) == "1":
+        from mlflow.server.auth import create_app as with_basic_auth
+
+        return with_basic_auth(app)  # FastAPI-wrapped under uvicorn, as MLflow's own plugin does
+    if os.environ.get("_MLFLOW_SGI_NAME") == "uvicorn":
+        from mlflow.server.fastapi_app import create_fastapi_app
+
+        return create_fastapi_app(app)
+    return app
+
+
+def leaderboard_page():
+    """The leaderboard as HTML: ?arch=&team=&by=&metric=, links into this server's UI, a plot."""
+    from flask import Response, request
+    from mlflow import MlflowClient
+    from mlflow.server import BACKEND_STORE_URI_ENV_VAR
+
+    from tuning.leaderboard import collect_jobs, rank, render_html, study_rows
+
+    arch = request.args.get("arch") or None
+    team = request.args.get("team") or None
+    by = request.args.get("by") if request.args.get("by") in ("team", "user", "arch") else None
+    metric = request.args.get("metric") or "val_fracture_f1"
+    store = os.environ[BACKEND_STORE_URI_ENV_VAR]
+    jobs = collect_jobs(MlflowClient(store), request.host_url, metric, arch=arch, team=team)
+    groups = rank(jobs, metric, by=by)
+    hint = "No finished searches yet. Run one with: python -m tuning.run --synthetic --arch cnn --num-samples 8"
+    page = render_html(groups, study_rows(arch), metric, hint)
+    form = (
+        "<form method='get'>architecture <select name='arch'><option value=''>all</option>"
+        + "".join(f"<option{' selected' if a == arch else ''}>{a}</option>" for a in ("cnn", "resnet50", "vgg16"))
+        + f"</select> team <input name='team' value='{_attr(team or '')}'> "
+        + f"metric <input name='metric' value='{_attr(metric)}'> <button>filter</button></form>"
+    )
+    plot = _comparison_plot(groups, study_rows(None))
+    page = page.replace("<h1>fracture-tune leaderboard</h1>", "<h1>fracture-tune leaderboard</h1>" + form + plot, 1)
+    return Response(page, mimetype="text/html")
+
+
+def _attr(text: str) -> str:
+    import html
+
+    return html.escape(text, quote=True)
+
+
+def _comparison_plot(groups, study: list[dict]) -> str:
+    """Each architecture's best winner on test (accuracy) beside the study's, as an inline PNG."""
+    best: dict[str, float] = {}
+    for group in groups:
+        for job in group.jobs:
+            accuracy = job.test.get("test_accuracy")
+            if accuracy is not None and accuracy > best.get(job.arch, -1):
+                best[job.arch] = accuracy
+    if not best:
+        return ""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    names = [row["arch"] for row in study]
+    figure = Figure(figsize=(6, 3.2), dpi=100)
+    ax = figure.subplots()
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [best.get(n, 0) for n in names], width=0.4, label="best search here (test accuracy)")
+    ax.bar([x + 0.2 for x in xs], [row["test_accuracy"] for row in study], width=0.4, label="the study (reported)")
+    ax.set_xticks(list(xs), names)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return f"<img alt='best per architecture against the study' src='data:image/png;base64,{data}'>"
