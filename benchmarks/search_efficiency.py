@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--difficulty", type=float, default=1.0, help="generated task difficulty (default: %(default)s)")
     parser.add_argument("--metric", default="val_fracture_f1", choices=sorted(METRICS))
-    parser.add_argument("--asha", nargs="*", default=[], help="extra tuning.run flags for the ASHA + TPE side, e.g. --grace-period 4")
+    parser.add_argument("--asha", type=shlex.split, default=[], help="extra tuning.run flags for the ASHA + TPE side, quoted: --asha='--rung-metric val_roc_auc'")
+    parser.add_argument("--label", default="asha", help="name of the ASHA + TPE runs (random search runs already in --work-dir are reused)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/search_efficiency.json"))
     parser.add_argument("--work-dir", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -106,10 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     ]
     report = {"settings": {**vars(args), "out": str(args.out), "work_dir": str(work), "data": spec.__dict__}, "seeds": []}
     for seed in args.seeds:
-        random_summary, random_s = run_one(data_dir, work / "runs", f"random-{seed}", seed + 100, common, ["--sampler", "random", "--scheduler", "none"])
-        asha_summary, asha_s = run_one(data_dir, work / "runs", f"asha-{seed}", seed, common, args.asha)
+        done = work / "runs" / f"random-{seed}" / "summary.json"
+        if done.exists():
+            random_summary, random_s = json.loads(done.read_text()), math.nan
+        else:
+            random_summary, random_s = run_one(data_dir, work / "runs", f"random-{seed}", seed + 100, common, ["--sampler", "random", "--scheduler", "none"])
+        asha_summary, asha_s = run_one(data_dir, work / "runs", f"{args.label}-{seed}", seed, common, args.asha)
         random_history = trial_histories(work / "runs" / f"random-{seed}")
-        asha_history = trial_histories(work / "runs" / f"asha-{seed}")
+        asha_history = trial_histories(work / "runs" / f"{args.label}-{seed}")
         random_score, asha_score = selectable(random_history, args.metric, mode), selectable(asha_history, args.metric, mode)
         target = float(random_score.max() if mode == "max" else random_score.min())
         row = {

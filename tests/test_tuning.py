@@ -39,8 +39,9 @@ def _reported_keys(trial_dir: Path) -> set[str]:
 
 
 def test_search_runs_baseline_first_stops_early_and_tests_only_the_winner(ray_session, tiny_download: Path, tmp_path: Path):
-    # val_loss is continuous, so ASHA's rung cut-offs never tie on this tiny task.
-    code = main(_args(tiny_download, tmp_path, "search", "--num-samples", "5", "--epochs", "4", "--grace-period", "1", "--reduction-factor", "2", "--metric", "val_loss"))
+    # Selection on fracture F1 (the default); ASHA's rungs compare val_loss, which is continuous,
+    # so its cut-offs never tie on this tiny task.
+    code = main(_args(tiny_download, tmp_path, "search", "--num-samples", "5", "--epochs", "4", "--grace-period", "1", "--reduction-factor", "2", "--rung-metric", "val_loss"))
     assert code == 0
     summary = json.loads((tmp_path / "search" / "summary.json").read_text())
     assert summary["num_trials"] == 5
@@ -61,7 +62,8 @@ def test_search_runs_baseline_first_stops_early_and_tests_only_the_winner(ray_se
     assert summary["epochs_trained"] < summary["epochs_budget"] == 20
 
     # Selection on validation; the test split reaches no trial and is evaluated once, for the winner.
-    assert summary["best_trial"]["checkpoint_score"] == min(r["checkpoint_score"] for r in summary["trials"])
+    assert summary["metric"] == "val_fracture_f1" and summary["job"]["scheduler"]["rung_metric"] == "val_loss"
+    assert summary["best_trial"]["checkpoint_score"] == max(r["checkpoint_score"] for r in summary["trials"])
     assert summary["test_evaluated_for"] == summary["best_trial"]["trial_id"]
     assert summary["test"]["num_images"] == 16
     for row in summary["trials"]:

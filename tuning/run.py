@@ -50,6 +50,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     search.add_argument("--sampler", default="tpe", choices=["tpe", "random"], help="Optuna sampler after the baseline trial (default: %(default)s)")
     search.add_argument("--scheduler", default="asha", choices=["asha", "none"], help="early stopping (default: %(default)s)")
     search.add_argument("--grace-period", type=int, default=3, help="ASHA: epochs every trial gets before it can be stopped (default: %(default)s)")
+    search.add_argument("--rung-metric", default=None, choices=sorted(METRICS), help="ASHA: validation signal its rungs compare (default: --metric)")
     search.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA: keep the top 1/factor at each rung (default: %(default)s)")
     search.add_argument("--optuna-storage", default=None, help="Optuna storage URL (default: sqlite file optuna.db in the experiment folder)")
     cluster = parser.add_argument_group("resources")
@@ -138,7 +139,7 @@ def _job_record(args: argparse.Namespace, name: str, metric: str, mode: str, dat
         "data_root": str(data_root),
         "data_fingerprint": fingerprint,
         "sampler": args.sampler,
-        "scheduler": {"name": args.scheduler, "grace_period": args.grace_period, "reduction_factor": args.reduction_factor},
+        "scheduler": {"name": args.scheduler, "grace_period": args.grace_period, "reduction_factor": args.reduction_factor, "rung_metric": args.rung_metric or args.metric},
         "search_space": describe(search_space(args.arch)),
         "baseline": dict(BASELINE_HYPERPARAMETERS),
         "tracking_uri": redact_url(tracking_uri),
@@ -151,10 +152,10 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     """The whole job; returns the exit code. `callbacks` are extra Ray Tune callbacks."""
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from tuning.progress import quiet_libraries, search_progress, trial_name
     from tuning.resources import check_trial_resources, default_gpus_per_trial
+    from tuning.schedulers import make_scheduler
     from tuning.search_space import baseline_point, search_space
     from tuning.searcher import make_searcher, open_storage
     from tuning.summary import (
@@ -230,10 +231,10 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
             search_space(args.arch), metric=metric, mode=mode, study_name=name, storage=storage,
             seed=args.seed, num_samples=args.num_samples, max_epochs=args.epochs, sampler=args.sampler,
         )
-        if args.scheduler == "asha":
-            scheduler = ASHAScheduler(max_t=args.epochs, grace_period=min(args.grace_period, args.epochs), reduction_factor=args.reduction_factor)
-        else:
-            scheduler = FIFOScheduler()
+        scheduler = make_scheduler(
+            args.scheduler, metric=metric, mode=mode, rung_metric=args.rung_metric, rung_mode=METRICS.get(args.rung_metric),
+            max_epochs=args.epochs, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
+        )
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
