@@ -149,6 +149,10 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
+def _stop_like_ctrl_c(signum, frame) -> None:
+    raise KeyboardInterrupt  # `kill` and Ctrl-C both stop the server and its workers
+
+
 def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             server_command(args, backend, artifacts), env=env, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True, cwd=store,
         )
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     try:
         logger.info("Starting MLflow (backend %s, artifacts %s); log in %s", redact_url(backend), artifacts, log_file)
         try:
