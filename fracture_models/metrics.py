@@ -94,7 +94,7 @@ def predicts_one_class(metrics: Mapping, prefix: str = "") -> bool:
     """
     predicted_positive = metrics[f"{prefix}fractures_detected"] + metrics[f"{prefix}false_alarms"]
     predicted_negative = metrics[f"{prefix}fractures_missed"] + metrics[f"{prefix}true_negatives"]
-    return predicted_positive == 0 or predicted_negative == 0
+    return bool(predicted_positive == 0 or predicted_negative == 0)
 
 
 def selection_score(metrics: Mapping, name: str, mode: str, prefix: str = "") -> float:

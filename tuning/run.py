@@ -118,7 +118,7 @@ def _user() -> str:
         return "unknown"
 
 
-def _job_record(args: argparse.Namespace, name: str, metric: str, mode: str, data_root: Path, fingerprint: str, tracking_uri: str) -> dict:
+def _job_record(args: argparse.Namespace, name: str, metric: str, mode: str, data_root: Path, fingerprint: str) -> dict:
     """What defines a search: written to job.json, tagged on its MLflow parent run."""
     from tuning.search_space import describe, search_space
     from tuning.tracking import git_commit, package_versions
@@ -142,7 +142,6 @@ def _job_record(args: argparse.Namespace, name: str, metric: str, mode: str, dat
         "scheduler": {"name": args.scheduler, "grace_period": args.grace_period, "reduction_factor": args.reduction_factor, "rung_metric": args.rung_metric or args.metric},
         "search_space": describe(search_space(args.arch)),
         "baseline": dict(BASELINE_HYPERPARAMETERS),
-        "tracking_uri": redact_url(tracking_uri),
         "git_commit": git_commit(),
         "package_versions": package_versions(),
     }
@@ -189,7 +188,7 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     check_reachable(tracking_uri)
 
     dataset = load_dataset(data_root, args.image_size, splits=("train", "val"), cache_dir=args.cache_dir, max_bad_fraction=args.max_bad_fraction, progress=True)
-    job = _job_record(args, name, metric, mode, data_root, dataset.fingerprint, tracking_uri)
+    job = _job_record(args, name, metric, mode, data_root, dataset.fingerprint)
     if previous is not None:
         for key in ("arch", "data_fingerprint", "image_size", "epochs", "metric"):
             if previous.get(key) != job[key]:

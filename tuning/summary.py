@@ -13,6 +13,7 @@ from fracture_models.config import TrainConfig
 from fracture_models.data import DecodedSplit
 from fracture_models.engine import build_training, evaluate, load_checkpoint, restore_training, select_device
 from fracture_models.loader import BatchLoader
+from fracture_models.metrics import predicts_one_class
 from fracture_models.plots import plot_confusion_matrix, plot_learning_curves
 from fracture_models.records import write_json
 from fracture_models.study import STUDY_TEST_RESULTS
@@ -31,6 +32,10 @@ def _better(mode: str):
     return max if mode == "max" else min
 
 
+def trial_id_of(result) -> str:
+    return (result.metrics or {}).get("trial_id") or Path(result.path).name
+
+
 def trial_rows(results: Iterable, hyperparameters: Iterable[str], metric: str, mode: str, max_epochs: int) -> list[dict]:
     """One row per trial, best first: its hyperparameters, best validation value and epoch, how it ended.
 
@@ -38,7 +43,6 @@ def trial_rows(results: Iterable, hyperparameters: Iterable[str], metric: str, m
     model answered one class for every image), the same rule that chose which checkpoints to keep.
     """
     names = list(hyperparameters)
-    pick = _better(mode)
     rows = []
     for result in results:
         history: pd.DataFrame | None = result.metrics_dataframe
@@ -48,7 +52,7 @@ def trial_rows(results: Iterable, hyperparameters: Iterable[str], metric: str, m
             index = scores.idxmax() if mode == "max" else scores.idxmin()
             best_score, best_value = float(scores[index]), float(history.loc[index, metric])
             best_epoch = int(history.loc[index, "training_iteration"])
-            one_class = best_score != best_value
+            one_class = predicts_one_class(history.loc[index], prefix="val_")
             epochs = int(history["training_iteration"].max())
         else:
             best_score = best_value = math.nan
@@ -56,7 +60,7 @@ def trial_rows(results: Iterable, hyperparameters: Iterable[str], metric: str, m
         status = "failed" if result.error else ("stopped early" if epochs < max_epochs else "completed")
         rows.append(
             {
-                "trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name,
+                "trial_id": trial_id_of(result),
                 **{name: result.config.get(name) for name in names},
                 "best_value": best_value,
                 "best_epoch": best_epoch,
@@ -70,7 +74,7 @@ def trial_rows(results: Iterable, hyperparameters: Iterable[str], metric: str, m
         )
     scored = [r for r in rows if not math.isnan(r[CHECKPOINT_SCORE])]
     unscored = [r for r in rows if math.isnan(r[CHECKPOINT_SCORE])]
-    scored.sort(key=lambda r: r[CHECKPOINT_SCORE], reverse=pick is max)
+    scored.sort(key=lambda r: r[CHECKPOINT_SCORE], reverse=mode == "max")
     return scored + unscored
 
 
@@ -145,8 +149,7 @@ def write_report(folder: Path, summary: dict, results: Iterable, study) -> list[
     for result in results:
         history = result.metrics_dataframe
         if history is not None and metric in history:
-            trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
-            curves[trial_id] = (history["training_iteration"].tolist(), history[metric].tolist())
+            curves[trial_id_of(result)] = (history["training_iteration"].tolist(), history[metric].tolist())
     title = f"{summary['experiment']}: {len(curves)} trials (x = stopped early)"
     files.append(plot_learning_curves(curves, folder / CURVES_FILE, metric=metric, highlight=summary["test_evaluated_for"], title=title))
     files.append(plot_confusion_matrix(summary["test"]["confusion_matrix"], folder / TEST_CONFUSION_FILE, title=f"{summary['arch']}: winner on test"))

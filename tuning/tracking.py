@@ -29,7 +29,7 @@ from ray import tune
 from fracture_models.errors import UserError
 from fracture_models.metrics import confusion_from_counts, selection_score
 from fracture_models.plots import plot_confusion_matrix, plot_loss_curves
-from fracture_models.records import redact_url
+from fracture_models.records import REDACTED, redact_url
 
 logger = logging.getLogger("tuning.tracking")
 
@@ -568,7 +568,7 @@ def replay(experiment: Path, tracking_uri: str | None = None) -> int:
         print(f"Nothing pending in {experiment}.")
         return 0
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or job["tracking_uri"]
-    if ":***@" in uri:
+    if f":{REDACTED}@" in uri:
         raise UserError(f"job.json keeps {uri} without its password: pass the tracking URI as the second argument.")
     tracker = SearchTracker(uri, job, experiment)
     check_reachable(tracker.uri)
