@@ -1,0 +1,121 @@
+"""The data audit on generated files with planted duplicates, a planted shortcut and a bad file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageOps
+
+from fracture_models.audit import audit_dataset, duplicates_to_drop
+from fracture_models.data import DATASET_FOLDER, to_8bit
+from fracture_models.synthetic import SyntheticSpec, generate
+
+FRACTURED, INTACT = "fractured", "not fractured"
+
+
+def _grey(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return to_8bit(image).convert("L")
+
+
+def _first(root: Path, split: str, class_name: str, offset: int = 0) -> Path:
+    return sorted((root / split / class_name).iterdir())[offset]
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Generated X-rays at 128 px where every fractured image is a PNG and every intact one a
+    JPEG (the shortcut), plus five cross-split copies and one truncated file."""
+    out = tmp_path_factory.mktemp("audit")
+    root = generate(out, SyntheticSpec(train=120, val=40, test=40, image_size=128, seed=7))
+    for path in sorted(root.glob("*/*/*")):
+        image, fractured = _grey(path), path.parent.name == FRACTURED
+        path.unlink()
+        if fractured:
+            image.save(path.with_suffix(".png"))
+        else:
+            image.save(path.with_suffix(".jpg"), quality=90)
+
+    def shift(image: Image.Image) -> Image.Image:
+        dx, dy = image.width // 25, image.height // 30
+        return image.crop((dx, dy, image.width + dx, image.height + dy))
+
+    copies = {  # name: (source, copy, how)
+        "flipped": (_first(root, "train", FRACTURED), root / "test" / FRACTURED / "copy_flipped.png", ImageOps.mirror),
+        "re-encoded": (_first(root, "train", INTACT), root / "test" / INTACT / "copy_reencoded.jpg", None),
+        "resized": (_first(root, "val", FRACTURED), root / "test" / FRACTURED / "copy_resized.png", lambda im: im.resize((im.width * 3 // 5, im.height * 3 // 5))),
+        "shifted": (_first(root, "train", INTACT, 1), root / "val" / INTACT / "copy_shifted.jpg", shift),
+    }
+    pairs = {}
+    for name, (source, copy, how) in copies.items():
+        image = _grey(source)
+        (how(image) if how else image).save(copy, **({"quality": 60} if copy.suffix == ".jpg" else {}))
+        pairs[name] = {str(source.relative_to(root)), str(copy.relative_to(root))}
+    exact_source = _first(root, "train", FRACTURED, 1)
+    shutil.copyfile(exact_source, root / "val" / FRACTURED / "copy_exact.png")
+    pairs["exact"] = {str(exact_source.relative_to(root)), f"val/{FRACTURED}/copy_exact.png"}
+    bad = root / "train" / INTACT / "truncated.jpg"
+    bad.write_bytes(_first(root, "train", INTACT, 2).read_bytes()[:200])
+    return {"download": out, "root": root, "pairs": pairs, "bad": str(bad.relative_to(root))}
+
+
+def test_audit_finds_every_planted_pair_the_shortcut_and_the_bad_file_and_nothing_else(planted: dict, tmp_path: Path):
+    report = audit_dataset(planted["download"], cache_dir=tmp_path)
+    groups = report["duplicate_groups"]
+    found = {frozenset(m["path"] for m in g["members"]) for g in groups}
+    assert found == {frozenset(p) for p in planted["pairs"].values()}, [g["members"] for g in groups]
+    assert all(g["cross_split"] and not g["conflicting_labels"] for g in groups)
+    kinds = {frozenset(m["path"] for m in g["members"]): g["kind"] for g in groups}
+    assert kinds[frozenset(planted["pairs"]["exact"])] == "exact"
+    assert sum(k == "near" for k in kinds.values()) == 4
+
+    assert report["flagged_shortcuts"] == ["format"]
+    format_score = next(s for s in report["shortcuts"] if s["attribute"] == "format")
+    assert format_score["held_out_balanced_accuracy"] == 1.0
+    assert format_score["rule"] == {"JPEG": INTACT, "PNG": FRACTURED}
+    table = [row for row in report["attributes"] if row["attribute"] == "format"]
+    assert {row["value"] for row in table} == {"JPEG", "PNG"}
+    png = next(row for row in table if row["value"] == "PNG")
+    assert png[f"train/{INTACT}"] == 0 and png[f"train/{FRACTURED}"] == 60
+
+    assert [b["path"] for b in report["bad_files"]] == [planted["bad"]]
+
+    # The cache gives the same report without rescanning.
+    assert audit_dataset(planted["download"], cache_dir=tmp_path)["duplicate_groups"] == groups
+
+
+def test_dedupe_keeps_the_evaluation_copy(planted: dict, tmp_path: Path):
+    report = audit_dataset(planted["download"], cache_dir=tmp_path)
+    dropped = {d["path"] for d in duplicates_to_drop(report["duplicate_groups"])}
+    pairs = planted["pairs"]
+    # A copy in test keeps the test file and drops the other; a train/val pair keeps val.
+    expected = {p for pair in pairs.values() for p in pair if not p.startswith("test/")}
+    expected -= {p for p in pairs["shifted"] | pairs["exact"] if p.startswith("val/")}
+    assert dropped == expected and len(dropped) == 5
+
+
+def test_audit_cli_prints_the_report_and_writes_its_files(planted: dict, tmp_path: Path):
+    out = tmp_path / "report"
+    done = subprocess.run(
+        [sys.executable, "-m", "fracture_models.audit", "--data-dir", str(planted["download"]), "--out", str(out), "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "5 across splits" in done.stdout and "SHORTCUT" in done.stdout and "PNG -> fractured" in done.stdout
+    assert "truncated.jpg" in done.stdout
+    report = json.loads((out / "audit.json").read_text())
+    assert report["cross_split_groups"] == 5
+    rows = (out / "duplicates.csv").read_text().splitlines()
+    assert rows[0] == "group,kind,cross_split,split,class,path" and len(rows) == 1 + 10
+    assert (out / "attributes.csv").read_text().startswith("attribute,value,train/not fractured")
+
+
+def test_audit_cli_names_a_missing_folder(tmp_path: Path):
+    done = subprocess.run([sys.executable, "-m", "fracture_models.audit", "--data-dir", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Dataset folder not found" in done.stderr and "Traceback" not in done.stderr
+    assert DATASET_FOLDER  # the layout name the message points to
