@@ -1,4 +1,4 @@
-"""PNG plots a user would otherwise draw by hand: confusion matrix and loss curves."""
+"""PNG plots a user would otherwise draw by hand: confusion matrix, curves, ROC, reliability, heatmaps."""
 
 from __future__ import annotations
 
@@ -92,3 +92,65 @@ def plot_learning_curves(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _save(fig, path: str | Path) -> Path:
+    plt = _pyplot()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_roc_curve(report: dict, path: str | Path, title: str = "ROC curve (test)") -> Path:
+    """The test ROC curve with its AUC interval, the 0.5 threshold and the validation-chosen operating point."""
+    plt = _pyplot()
+    roc, auc = report["roc"], report["roc_auc"]
+    fig, ax = plt.subplots(figsize=(4.8, 4.6), dpi=120)
+    ax.plot(roc["false_positive_rate"], roc["true_positive_rate"], lw=2, label=f"AUC {auc['value']:.3f} (95% CI {auc['ci95'][0]:.3f}-{auc['ci95'][1]:.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    for key, marker, name in [("at_0.5", "o", "threshold 0.5"), ("operating_point", "s", None)]:
+        rates = report[key] if key == "at_0.5" else report[key]["test"]
+        if name is None:
+            name = f"threshold {rates['threshold']:.3g} (val sensitivity >= {report[key]['target_sensitivity']:.2f})"
+        ax.plot(1 - rates["fracture_specificity"]["value"], rates["fracture_sensitivity"]["value"], marker, ms=8, label=name)
+    ax.set_xlabel("1 - fracture specificity")
+    ax.set_ylabel("fracture sensitivity")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=7)
+    return _save(fig, path)
+
+
+def plot_reliability(calibration: dict, path: str | Path, title: str = "Reliability (test)") -> Path:
+    """Accuracy against confidence per bin, before and after temperature scaling."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 4.6), dpi=120)
+    ax.plot([0.5, 1], [0.5, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
+    for key, name in [("before", "before"), ("after", f"after T = {calibration['temperature']:.2f}")]:
+        bins = calibration[key]["bins"]
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", label=f"{name}: ECE {calibration[key]['ece']:.3f}, Brier {calibration[key]['brier']:.3f}")
+    ax.set_xlabel("confidence in the predicted class")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0.5, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=7)
+    return _save(fig, path)
+
+
+def plot_heatmap_grid(panels: Sequence[dict], path: str | Path, title: str = "Grad-CAM") -> Path:
+    """Images with their heatmaps overlaid; each panel has `image` [H, W] in 0..1, `heatmap`
+    [H, W] in 0..1 and a `caption`."""
+    plt = _pyplot()
+    columns = min(4, max(1, len(panels)))
+    rows = max(1, -(-len(panels) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), dpi=110, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, panel in zip(axes.ravel(), panels):
+        ax.imshow(panel["image"], cmap="gray", vmin=0, vmax=1)
+        ax.imshow(panel["heatmap"], cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        ax.set_title(panel["caption"], fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
