@@ -68,8 +68,8 @@ def test_temperature_scaling_lowers_ece_of_an_over_confident_model(learnable_dow
     with torch.no_grad():
         last.weight.mul_(8)
         last.bias.mul_(8)
-    val_y, val_p, _ = predict(state, BatchLoader(data.val, 64))
-    test_y, test_p, _ = predict(state, BatchLoader(data.test, 64))
+    val_y, val_p, _ = predict(state, BatchLoader(data.val, 64, device=state.device))
+    test_y, test_p, _ = predict(state, BatchLoader(data.test, 64, device=state.device))
     report = calibration_report(val_y, val_p, test_y, test_p)
     assert report["temperature"] > 2  # it undoes much of the factor 8
     assert report["after"]["ece"] < report["before"]["ece"] * 0.7, report
