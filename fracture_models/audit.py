@@ -67,6 +67,7 @@ SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2}  # --dedupe keeps the copy in
 AUDIT_FILE = "audit.json"
 DUPLICATES_FILE = "duplicates.csv"
 ATTRIBUTES_FILE = "attributes.csv"
+DROPPED_FILE = "dedupe_dropped.csv"
 
 
 @dataclass(frozen=True)
@@ -434,6 +435,16 @@ def write_audit(report: dict, folder: Path) -> list[Path]:
         writer.writerows(rows)
     files.append(folder / ATTRIBUTES_FILE)
     return files
+
+
+def write_dropped(dropped: Sequence[dict], folder: Path) -> Path:
+    """The files `--dedupe` left out, one row each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / DROPPED_FILE, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["split", "class", "path", "kind"])
+        writer.writeheader()
+        writer.writerows(dropped)
+    return folder / DROPPED_FILE
 
 
 def format_audit(report: dict, max_groups: int = 10) -> str:

@@ -185,3 +185,18 @@ def clinical_report(
         "roc": roc_points(test_labels, test_probability),
         "calibration": calibration_report(val_labels, val_probability, test_labels, test_probability),
     }
+
+
+def clinical_scalars(report: dict) -> dict[str, float]:
+    """The report's numbers as flat names, for trackers (MLflow metrics, leaderboards)."""
+    flat: dict[str, float] = {}
+    for prefix, rates in [("", report["at_0.5"]), ("operating_", report["operating_point"]["test"])]:
+        for key in ("fracture_sensitivity", "fracture_specificity", "fracture_ppv", "fracture_npv"):
+            flat[f"{prefix}{key}"] = rates[key]["value"]
+            flat[f"{prefix}{key}_ci_low"], flat[f"{prefix}{key}_ci_high"] = rates[key]["ci95"]
+    flat["operating_threshold"] = report["operating_point"]["test"]["threshold"]
+    flat["roc_auc_ci_low"], flat["roc_auc_ci_high"] = report["roc_auc"]["ci95"]
+    calibration = report["calibration"]
+    flat.update(temperature=calibration["temperature"], ece=calibration["before"]["ece"], ece_calibrated=calibration["after"]["ece"],
+                brier=calibration["before"]["brier"], brier_calibrated=calibration["after"]["brier"])
+    return flat

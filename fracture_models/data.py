@@ -21,7 +21,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -64,6 +64,18 @@ class DecodedSplit:
     def class_counts(self) -> dict[str, int]:
         counts = torch.bincount(self.labels, minlength=len(CLASS_NAMES)).tolist()
         return dict(zip(CLASS_NAMES, counts))
+
+    def without(self, paths: Iterable[str]) -> "DecodedSplit":
+        """The split minus the images at these relative paths; the fingerprint records the drop."""
+        drop = set(paths) & set(self.paths)
+        if not drop:
+            return self
+        keep = [i for i, p in enumerate(self.paths) if p not in drop]
+        digest = hashlib.sha256(self.fingerprint.encode())
+        for path in sorted(drop):
+            digest.update(f"-{path}\n".encode())
+        index = torch.tensor(keep, dtype=torch.int64)
+        return DecodedSplit(self.name, self.images[index], self.labels[index], [self.paths[i] for i in keep], self.excluded, digest.hexdigest()[:16])
 
 
 @dataclass

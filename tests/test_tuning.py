@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import optuna
 import pytest
 from ray import tune
 
+from fracture_models.data import DATASET_FOLDER
 from fracture_models.errors import UserError
 from fracture_models.study import BASELINE_HYPERPARAMETERS
 from tuning.run import main
@@ -70,6 +72,40 @@ def test_search_runs_baseline_first_stops_early_and_tests_only_the_winner(ray_se
         keys = _reported_keys(Path(row["path"]))
         assert {"val_loss", "val_fracture_f1", "val_fractures_missed", "val_false_alarms"} <= keys
         assert not any(k.startswith("test") for k in keys)
+
+    # Beside the test metrics: intervals, an operating point chosen on validation, calibration, heatmaps, the audit.
+    clinical = summary["clinical"]
+    assert clinical["positive_class"] == "fractured" and clinical["num_images"] == 16
+    assert clinical["operating_point"]["chosen_on"] == "val" and clinical["calibration"]["fitted_on"] == "val"
+    rates = clinical["at_0.5"]
+    assert rates["fracture_sensitivity"]["value"] == pytest.approx(summary["test"]["fracture_sensitivity"])
+    low, high = rates["fracture_sensitivity"]["ci95"]
+    assert low <= rates["fracture_sensitivity"]["value"] <= high
+    for plot in ("test_roc_curve.png", "test_reliability.png", "test_gradcam.png"):
+        assert (tmp_path / "search" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    audit = json.loads((tmp_path / "search" / "audit" / "audit.json").read_text())
+    assert audit["num_files"] == 96 and summary["audit"] == {**summary["job"]["audit"], "dedupe": False, "dropped": 0}
+
+
+def test_dedupe_drops_the_training_copy_of_a_test_image(ray_session, tiny_download: Path, tmp_path: Path, caplog):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_download, data)
+    root = data / DATASET_FOLDER / DATASET_FOLDER
+    leaked = sorted((root / "test" / "fractured").iterdir())[0]
+    shutil.copyfile(leaked, root / "train" / "fractured" / f"leak{leaked.suffix}")
+
+    code = main(_args(data, tmp_path, "warned", "--num-samples", "1", "--epochs", "1", "--scheduler", "none"))
+    assert code == 0
+    assert "1 groups of duplicate images cross splits" in caplog.text and "--dedupe" in caplog.text
+    warned = json.loads((tmp_path / "warned" / "job.json").read_text())
+
+    code = main(_args(data, tmp_path, "deduped", "--num-samples", "1", "--epochs", "1", "--scheduler", "none", "--dedupe"))
+    assert code == 0
+    job = json.loads((tmp_path / "deduped" / "job.json").read_text())
+    assert job["audit"]["cross_split_groups"] == 1 and job["audit"]["dedupe"] and job["audit"]["dropped"] == 1
+    assert job["data_fingerprint"] != warned["data_fingerprint"]  # a deduped job never ranks beside the leaky one
+    rows = (tmp_path / "deduped" / "audit" / "dedupe_dropped.csv").read_text().splitlines()
+    assert rows == ["split,class,path,kind", f"train,fractured,train/fractured/leak{leaked.suffix},exact"]
 
 
 def test_impossible_gpu_request_fails_at_once(ray_session, tiny_download: Path, tmp_path: Path):

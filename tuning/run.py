@@ -19,8 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+from fracture_models.audit import DROPPED_FILE, audit_dataset, duplicates_to_drop, write_audit, write_dropped
 from fracture_models.cli import configure_logging, get_common_parser, resolve_data_dir, run_main
-from fracture_models.data import load_dataset, load_split, resolve_dataset_root
+from fracture_models.clinical import DEFAULT_TARGET_SENSITIVITY
+from fracture_models.data import FractureDataset, load_dataset, load_split, resolve_dataset_root
 from fracture_models.errors import UserError
 from fracture_models.records import REDACTED, redact_url, write_json
 from fracture_models.study import BASELINE_HYPERPARAMETERS
@@ -36,6 +38,7 @@ METRICS = {  # name -> mode; validation metrics only (selection never looks at t
     "val_loss": "min",
 }
 JOB_FILE = "job.json"
+AUDIT_DIR = "audit"
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -64,6 +67,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     job.add_argument("--name", default=None, help="experiment name (default: <arch>-<time>); reuse it with --resume")
     job.add_argument("--resume", action="store_true", help="continue the experiment --name to --num-samples trials in all")
     job.add_argument("--team", default=os.environ.get("FRACTURE_TEAM", "default"), help="team name recorded with the job (default: $FRACTURE_TEAM or %(default)s)")
+    job.add_argument(
+        "--dedupe", action="store_true",
+        help="drop training (and validation) images that duplicate one in a later split, as the data audit finds them",
+    )
+    job.add_argument(
+        "--target-sensitivity", type=float, default=DEFAULT_TARGET_SENSITIVITY,
+        help="the winner's operating threshold is chosen on validation to reach this fracture sensitivity (default: %(default)s)",
+    )
     job.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)")
     return parser
 
@@ -147,6 +158,30 @@ def _job_record(args: argparse.Namespace, name: str, metric: str, mode: str, dat
     }
 
 
+def _apply_audit(audit: dict, dataset: FractureDataset, dedupe: bool) -> list[dict]:
+    """Warn about what the audit found; with `dedupe`, drop cross-split copies from train and
+    val (never from test). Returns the dropped files."""
+    if audit["flagged_shortcuts"]:
+        logger.warning(
+            "Data audit: %s predicts the class on its own (a shortcut a model can learn instead of fractures); see audit/attributes.csv.",
+            ", ".join(audit["flagged_shortcuts"]),
+        )
+    if audit["cross_split_groups"] and not dedupe:
+        logger.warning(
+            "Data audit: %d groups of duplicate images cross splits, so the test score can be inflated by leakage; "
+            "see audit/duplicates.csv, or drop the training copies with --dedupe.", audit["cross_split_groups"],
+        )
+    if not dedupe:
+        return []
+    dropped = duplicates_to_drop(audit["duplicate_groups"])
+    for split in ("train", "val"):
+        paths = [d["path"] for d in dropped if d["split"] == split]
+        if split in dataset.splits:
+            dataset.splits[split] = dataset.splits[split].without(paths)
+    logger.warning("--dedupe: dropped %d images that duplicate one in a later split (listed in audit/%s).", len(dropped), DROPPED_FILE)
+    return dropped
+
+
 def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> int:
     """The whole job; returns the exit code. `callbacks` are extra Ray Tune callbacks."""
     import optuna
@@ -158,7 +193,7 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     from tuning.search_space import baseline_point, search_space
     from tuning.searcher import make_searcher, open_storage
     from tuning.summary import (
-        best_checkpoint_dir, evaluate_checkpoint_on_test, format_summary, is_baseline, study_reference, trial_rows, where_to_look, write_report,
+        best_checkpoint_dir, evaluate_winner, format_summary, is_baseline, study_reference, trial_rows, where_to_look, write_report,
     )
     from tuning.trainable import CHECKPOINT_SCORE, train_fracture_model
     from tuning.tracking import (
@@ -187,8 +222,15 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     tracking_uri = resolve_tracking_uri(args.tracking_uri or _unredacted((previous or {}).get("tracking_uri"), "--tracking-uri"))
     check_reachable(tracking_uri)
 
+    dedupe = args.dedupe or bool((previous or {}).get("audit", {}).get("dedupe"))
+    audit = audit_dataset(data_root, cache_dir=args.cache_dir, progress=True)
     dataset = load_dataset(data_root, args.image_size, splits=("train", "val"), cache_dir=args.cache_dir, max_bad_fraction=args.max_bad_fraction, progress=True)
+    dropped = _apply_audit(audit, dataset, dedupe)
     job = _job_record(args, name, metric, mode, data_root, dataset.fingerprint)
+    job["audit"] = {
+        "cross_split_groups": audit["cross_split_groups"], "flagged_shortcuts": audit["flagged_shortcuts"],
+        "bad_files": len(audit["bad_files"]), "dedupe": dedupe, "dropped": len(dropped),
+    }
     if previous is not None:
         for key in ("arch", "data_fingerprint", "image_size", "epochs", "metric"):
             if previous.get(key) != job[key]:
@@ -213,6 +255,11 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
         raise UserError(f"MLflow at {redact_url(tracking_uri)} failed as the job started: {exc}. Nothing was trained.") from exc
     if job_file is not None:
         write_json(job_file, job)
+    audit_dir = Path(experiment) / AUDIT_DIR if local else tracker.files_dir(AUDIT_DIR)
+    audit_files = write_audit(audit, audit_dir)
+    if dropped:
+        audit_files.append(write_dropped(dropped, audit_dir))
+    tracker.submit("artifact", trial_id=None, path=str(audit_dir), artifact_path=AUDIT_DIR)
 
     base_config = {k: job[k] for k in ("arch", "epochs", "image_size", "batch_size", "weights", "seed")}
     trainable = tune.with_resources(
@@ -273,7 +320,10 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     winner = next(r for r in results if r.path == best["path"])
     test_split = load_split(data_root, "test", job["image_size"], cache_dir=args.cache_dir, max_bad_fraction=args.max_bad_fraction)
     winner_checkpoint = best_checkpoint_dir(winner, mode)
-    test = evaluate_checkpoint_on_test(winner_checkpoint, test_split, job["batch_size"])
+    report_dir = Path(experiment) if local else tracker.files_dir("report")
+    test, clinical, winner_files = evaluate_winner(
+        winner_checkpoint, dataset.val, test_split, job["batch_size"], report_dir, target_sensitivity=args.target_sensitivity, seed=job["seed"],
+    )
     summary = {
         "experiment": job["name"],
         "arch": job["arch"],
@@ -293,12 +343,13 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
         "best_trial": best,
         "test": test,
         "test_evaluated_for": best["trial_id"],
+        "clinical": clinical,
+        "audit": job["audit"],
         "study_reported": study_reference(job["arch"]),
         "trials": rows,
         "job": job,
     }
-    report_dir = Path(experiment) if local else tracker.files_dir("report")
-    report_files = write_report(report_dir, summary, results, study)
+    report_files = write_report(report_dir, summary, results, study) + winner_files
     model_dir = save_winner_model(winner_checkpoint, tracker.files_dir("model"))
     tracker.job_finished(summary, report_files, model_dir)
     print("\n" + format_summary(summary))

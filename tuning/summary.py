@@ -11,10 +11,12 @@ import pandas as pd
 
 from fracture_models.config import TrainConfig
 from fracture_models.data import DecodedSplit
-from fracture_models.engine import build_training, evaluate, load_checkpoint, restore_training, select_device
+from fracture_models.clinical import DEFAULT_TARGET_SENSITIVITY, clinical_report
+from fracture_models.engine import build_training, load_checkpoint, predict, restore_training, select_device
+from fracture_models.explain import heatmap_panels, pick_examples
 from fracture_models.loader import BatchLoader
-from fracture_models.metrics import predicts_one_class
-from fracture_models.plots import plot_confusion_matrix, plot_learning_curves
+from fracture_models.metrics import classification_metrics, predicts_one_class
+from fracture_models.plots import plot_confusion_matrix, plot_heatmap_grid, plot_learning_curves, plot_reliability, plot_roc_curve
 from fracture_models.records import write_json
 from fracture_models.study import STUDY_TEST_RESULTS
 from tuning.trainable import CHECKPOINT_FILE, CHECKPOINT_SCORE
@@ -23,6 +25,9 @@ SUMMARY_FILE = "summary.json"
 CURVES_FILE = "learning_curves.png"
 TEST_CONFUSION_FILE = "test_confusion_matrix.png"
 TRIALS_FILE = "trials.csv"
+ROC_FILE = "test_roc_curve.png"
+RELIABILITY_FILE = "test_reliability.png"
+GRADCAM_FILE = "test_gradcam.png"
 MIN_TRIALS_FOR_IMPORTANCES = 5
 
 logger = logging.getLogger("tuning.summary")
@@ -87,16 +92,40 @@ def best_checkpoint_dir(result, mode: str) -> Path:
     return Path(checkpoint.path)
 
 
-def evaluate_checkpoint_on_test(checkpoint_dir: Path, test_split: DecodedSplit, batch_size: int) -> dict:
-    """The single test evaluation of a search: the selected checkpoint on the test split."""
+def evaluate_winner(
+    checkpoint_dir: Path,
+    val_split: DecodedSplit,
+    test_split: DecodedSplit,
+    batch_size: int,
+    folder: Path,
+    *,
+    target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY,
+    seed: int = 0,
+) -> tuple[dict, dict, list[Path]]:
+    """The single test evaluation of a search, and what a reader needs beside it.
+
+    Validation (never test) picks the operating threshold and fits the temperature; the test
+    split is predicted once. Returns the test metrics, the clinical report and its plots (ROC,
+    reliability, Grad-CAM of correct and wrong test images).
+    """
     checkpoint = load_checkpoint(checkpoint_dir / CHECKPOINT_FILE)
     config = TrainConfig.from_dict({**checkpoint["config"], "device": "auto", "weights": "none"})
     state = build_training(config, select_device())
     restore_training(state, checkpoint)
-    loader = BatchLoader(test_split, batch_size, device=state.device, channels_last=state.channels_last)
-    metrics = evaluate(state, loader)
-    metrics["checkpoint_epoch"] = int(checkpoint["epoch"])
-    return metrics
+    common = dict(device=state.device, channels_last=state.channels_last)
+    val_labels, val_probability, _ = predict(state, BatchLoader(val_split, batch_size, **common))
+    test_labels, test_probability, test_loss = predict(state, BatchLoader(test_split, batch_size, **common))
+    test = classification_metrics(test_labels, test_probability, loss=test_loss)
+    test["checkpoint_epoch"] = int(checkpoint["epoch"])
+    clinical = clinical_report(val_labels, val_probability, test_labels, test_probability, target_sensitivity=target_sensitivity, seed=seed)
+    panels = heatmap_panels(state.model, config.arch, test_split.images, pick_examples(test_labels, test_probability), state.device, state.channels_last)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [
+        plot_roc_curve(clinical, folder / ROC_FILE, title=f"{config.arch}: winner's ROC curve on test"),
+        plot_reliability(clinical["calibration"], folder / RELIABILITY_FILE, title=f"{config.arch}: reliability on test"),
+        plot_heatmap_grid(panels, folder / GRADCAM_FILE, title=f"{config.arch}: Grad-CAM on test images, correct and wrong"),
+    ]
+    return test, clinical, files
 
 
 def is_baseline(row: Mapping, baseline: Mapping) -> bool:
@@ -130,7 +159,35 @@ def format_summary(summary: dict, top: int = 5) -> str:
     for key, label in [("accuracy", "accuracy"), ("fracture_sensitivity", "fracture sensitivity"), ("fracture_specificity", "fracture specificity"), ("fracture_f1", "fracture F1"), ("roc_auc", "ROC AUC")]:
         reference = study.get(key)
         lines.append(f"{label:>24}{test[key]:>10.4f}{(f'{reference:.4f}' if reference is not None else '-'):>10}")
+    if summary.get("clinical"):
+        lines += ["", *format_clinical(summary["clinical"])]
     return "\n".join(lines)
+
+
+def _with_interval(rate: dict) -> str:
+    if not rate["n"]:
+        return "undefined (n=0)"
+    low, high = rate["ci95"]
+    return f"{rate['value']:.3f} (95% CI {low:.3f}-{high:.3f}, n={rate['n']})"
+
+
+def format_clinical(clinical: dict) -> list[str]:
+    """The winner's clinical figures: rates with Wilson intervals, AUC, operating point, calibration."""
+    at_half, point, auc, calibration = clinical["at_0.5"], clinical["operating_point"], clinical["roc_auc"], clinical["calibration"]
+    chosen = point["test"]
+    lines = [f"Winner on test, for '{clinical['positive_class']}' at threshold 0.5:"]
+    for key, label in [("fracture_sensitivity", "sensitivity"), ("fracture_specificity", "specificity"), ("fracture_ppv", "PPV"), ("fracture_npv", "NPV")]:
+        lines.append(f"{label:>24}  {_with_interval(at_half[key])}")
+    lines.append(f"{'ROC AUC':>24}  {auc['value']:.3f} (95% bootstrap CI {auc['ci95'][0]:.3f}-{auc['ci95'][1]:.3f})")
+    lines += [
+        f"Operating threshold {chosen['threshold']:.3g}, chosen on validation for sensitivity >= {point['target_sensitivity']:.2f}; on test:",
+        f"{'sensitivity':>24}  {_with_interval(chosen['fracture_sensitivity'])}",
+        f"{'specificity':>24}  {_with_interval(chosen['fracture_specificity'])}",
+        f"Calibration on test: ECE {calibration['before']['ece']:.3f} -> {calibration['after']['ece']:.3f}, "
+        f"Brier {calibration['before']['brier']:.3f} -> {calibration['after']['brier']:.3f} "
+        f"(temperature {calibration['temperature']:.2f}, fitted on validation)",
+    ]
+    return lines
 
 
 def study_reference(arch: str) -> dict:
@@ -201,6 +258,8 @@ def where_to_look(experiment: str, optuna_url: str, local: bool) -> str:
             f"  {SUMMARY_FILE:<26}every trial, the winner's config, its test metrics beside the study's",
             f"  {CURVES_FILE:<26}validation curves of all trials",
             f"  {TEST_CONFUSION_FILE:<26}the winner on the test split",
+            f"  {'test_roc_curve.png':<26}ROC with the AUC interval and the operating point; test_reliability.png, test_gradcam.png",
+            f"  {'audit/':<26}duplicates across splits, shortcut attributes, bad files (python -m fracture_models.audit)",
             f"  {TRIALS_FILE:<26}one row per trial; optuna_*.png: Optuna's plots of the study",
             f"  {'trial_<id>/':<26}each trial's per-epoch metrics (progress.csv) and best checkpoints",
         ]

@@ -295,6 +295,7 @@ class SearchTracker:
             "baseline": json.dumps(job["baseline"]),
             "git_commit": job.get("git_commit", "unknown"),
             "package_versions": json.dumps(job.get("package_versions", {})),
+            **{f"audit_{k}": json.dumps(v) if isinstance(v, list) else str(v) for k, v in job.get("audit", {}).items()},
             "mlflow.note.content": (
                 f"Search of {job['num_samples']} trials of {job['arch']} around the study's baseline; "
                 f"selection on {job['metric']} (validation); the winner is tested once."
@@ -396,6 +397,10 @@ class SearchTracker:
 
     def job_finished(self, summary: dict, report_files: Iterable[Path], model_dir: Path | None) -> None:
         test = {f"test_{k}": v for k, v in summary["test"].items() if _is_number(v)}
+        if summary.get("clinical"):
+            from fracture_models.clinical import clinical_scalars
+
+            test.update({f"test_{k}": v for k, v in clinical_scalars(summary["clinical"]).items() if _is_number(v)})
         test.update(trial_hours=summary["trial_hours"], gpu_hours=summary["gpu_hours"], trials=summary["num_trials"],
                     trials_stopped_early=summary["trials_stopped_early"], epochs_trained=summary["epochs_trained"],
                     **{f"best_{summary['metric']}": summary["best_trial"]["best_value"]})
