@@ -115,6 +115,16 @@ def test_impossible_gpu_request_fails_at_once(ray_session, tiny_download: Path, 
     assert time.monotonic() - start < 30
 
 
+def test_unreachable_optuna_storage_fails_at_once_and_leaves_nothing(ray_session, tiny_download: Path, tmp_path: Path):
+    start = time.monotonic()
+    url = "postgresql://fracture:secret@127.0.0.1:1/optuna"  # nothing listens on port 1
+    with pytest.raises(UserError, match="Cannot open the Optuna storage postgresql://fracture:\\*\\*\\*@127.0.0.1:1/optuna") as raised:
+        main(_args(tiny_download, tmp_path, "no-optuna", "--num-samples", "2", "--epochs", "1", "--optuna-storage", url))
+    assert "secret" not in str(raised.value) and "Nothing was trained" in str(raised.value)
+    assert time.monotonic() - start < 60
+    assert not (tmp_path / "no-optuna").exists()  # the same command works once the database is up
+
+
 def test_two_gpus_per_trial_on_one_gpu_nodes_fails_at_once(tiny_download: Path, tmp_path: Path, monkeypatch):
     """Two nodes with one (logical) GPU each: 2 GPUs in the cluster, but no node can hold the trial."""
     from ray.cluster_utils import Cluster

@@ -240,12 +240,14 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     optuna_url = args.optuna_storage or _unredacted(job.get("optuna_storage"), "--optuna-storage") or (f"sqlite:///{experiment}/optuna.db" if local else None)
     if optuna_url is None:
         raise UserError("With a remote --storage-path, give --optuna-storage (e.g. a PostgreSQL URL).")
-    if local:
-        Path(experiment).mkdir(parents=True, exist_ok=True)
+    if local and optuna_url == f"sqlite:///{experiment}/optuna.db":
+        Path(experiment).mkdir(parents=True, exist_ok=True)  # the default storage lives inside
     try:
         storage = open_storage(optuna_url)
     except Exception as exc:  # noqa: BLE001 - any driver or connection error
-        raise UserError(f"Cannot open the Optuna storage {redact_url(optuna_url)}: {exc}") from exc
+        raise UserError(f"Cannot open the Optuna storage {redact_url(optuna_url)}: {exc}. Nothing was trained.") from exc
+    if local:
+        Path(experiment).mkdir(parents=True, exist_ok=True)
     job["optuna_storage"] = redact_url(optuna_url)  # job.json and MLflow never hold a password
     job["tracking_uri"] = redact_url(tracking_uri)
     tracker = SearchTracker(tracking_uri, job, Path(experiment) if local else None)
