@@ -69,7 +69,7 @@ def test_search_is_tracked_on_the_team_server(ray_session, tiny_download: Path, 
     sensitivity = summary["clinical"]["at_0.5"]["fracture_sensitivity"]
     assert parent.data.metrics["test_fracture_sensitivity_ci_low"] == pytest.approx(sensitivity["ci95"][0])
     assert parent.data.metrics["test_ece_calibrated"] == pytest.approx(summary["clinical"]["calibration"]["after"]["ece"])
-    assert tags["audit_cross_split_groups"] == str(summary["audit"]["cross_split_groups"]) and tags["audit_dedupe"] == "False"
+    assert tags["audit_cross_split_groups"] == str(summary["job"]["audit"]["cross_split_groups"]) and tags["audit_dedupe"] == "False"
     assert {"audit/audit.json", "audit/duplicates.csv", "audit/attributes.csv"} <= {a.path for a in client.list_artifacts(parent.info.run_id, "audit")}
 
     # One nested run per trial, each with its per-epoch history, state and confusion matrix.

@@ -86,6 +86,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise UserError("--grace-period must be >= 1 and --reduction-factor > 1.")
     if args.max_concurrent < 0 or args.max_failures < 0:
         raise UserError("--max-concurrent and --max-failures must be >= 0.")
+    if not 0 < args.target_sensitivity <= 1:  # checked now, not after hours of training
+        raise UserError(f"--target-sensitivity must be in (0, 1], got {args.target_sensitivity}.")
 
 
 def _experiment_path(args: argparse.Namespace, name: str) -> str:
@@ -258,9 +260,9 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     if job_file is not None:
         write_json(job_file, job)
     audit_dir = Path(experiment) / AUDIT_DIR if local else tracker.files_dir(AUDIT_DIR)
-    audit_files = write_audit(audit, audit_dir)
+    write_audit(audit, audit_dir)
     if dropped:
-        audit_files.append(write_dropped(dropped, audit_dir))
+        write_dropped(dropped, audit_dir)
     tracker.submit("artifact", trial_id=None, path=str(audit_dir), artifact_path=AUDIT_DIR)
 
     base_config = {k: job[k] for k in ("arch", "epochs", "image_size", "batch_size", "weights", "seed")}
@@ -346,7 +348,6 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
         "test": test,
         "test_evaluated_for": best["trial_id"],
         "clinical": clinical,
-        "audit": job["audit"],
         "study_reported": study_reference(job["arch"]),
         "trials": rows,
         "job": job,
