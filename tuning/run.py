@@ -193,7 +193,7 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     from tuning.resources import check_trial_resources, default_gpus_per_trial
     from tuning.schedulers import make_scheduler
     from tuning.search_space import baseline_point, search_space
-    from tuning.searcher import make_searcher, open_storage
+    from tuning.searcher import LOST_WITH_DRIVER, RAY_TRIAL_ID, make_searcher, open_storage
     from tuning.summary import (
         best_checkpoint_dir, evaluate_winner, format_summary, is_baseline, study_reference, trial_rows, where_to_look, write_report,
     )
@@ -306,7 +306,10 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     tracker.reload_outbox()  # a restored experiment logged through its own (unpickled) tracker
 
     study = optuna.load_study(study_name=job["name"], storage=storage)
-    finished = [t for t in study.trials if t.state.is_finished()]
+    lost = [t for t in study.trials if t.user_attrs.get(LOST_WITH_DRIVER)]
+    for trial in lost:
+        tracker.trial_lost(trial.user_attrs.get(RAY_TRIAL_ID, ""))
+    finished = [t for t in study.trials if t.state.is_finished() and not t.user_attrs.get(LOST_WITH_DRIVER)]
     total = job["num_samples"]
     if len(finished) < total:
         print(
@@ -338,6 +341,7 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
         "num_trials": len(rows),
         "trials_stopped_early": sum(r["status"] == "stopped early" for r in rows),
         "trials_failed": sum(r["status"] == "failed" for r in rows),
+        "trials_lost_with_driver": [{"optuna_number": t.number, "ray_trial_id": t.user_attrs.get(RAY_TRIAL_ID)} for t in lost],
         "epochs_trained": sum(r["epochs"] for r in rows),
         "epochs_budget": len(rows) * job["epochs"],
         "trial_hours": sum(r["seconds"] for r in rows) / 3600,

@@ -17,6 +17,8 @@ from ray.tune.search.optuna import OptunaSearch
 from tuning.search_space import Range, baseline_point, to_optuna
 
 RAY_TRIAL_ID = "ray_trial_id"
+LOST_WITH_DRIVER = "lost_with_driver"  # user attr of an Optuna trial whose driver died before Tune saved it
+REQUEUED_FROM = "requeued_from"  # user attr of the trial that runs a lost trial's configuration again
 
 
 class StudyAwareOptunaSearch(OptunaSearch):
@@ -32,7 +34,31 @@ class StudyAwareOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ID, trial_id)
         return config
 
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._requeue_lost_trials()
+
+    def _requeue_lost_trials(self) -> None:
+        """After a driver died (SIGKILL, a lost machine), Optuna can hold RUNNING trials that Ray
+        Tune never saved: they started after its last experiment snapshot and cannot resume.
+        Each is recorded as FAIL with the reason, and its configuration is queued to run again."""
+        known = {t.number for t in self._ot_trials.values()}
+        for lost in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if lost.number in known:
+                continue
+            optuna.trial.Trial(self._ot_study, lost._trial_id).set_user_attr(LOST_WITH_DRIVER, True)
+            self._ot_study.tell(lost.number, state=optuna.trial.TrialState.FAIL)
+            self._ot_study.enqueue_trial(lost.params, user_attrs={REQUEUED_FROM: lost.number})
+
+    def _already_told(self, trial_id: str) -> bool:
+        """A trial that finished just before the driver died is resumed by Tune and ends again."""
+        ot_trial = self._ot_trials.get(trial_id)
+        return ot_trial is not None and self._ot_study.get_trials(deepcopy=False)[ot_trial.number].state.is_finished()
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if self._already_told(trial_id):
+            self._completed_trials.add(trial_id)
+            return
         stopped_early = (
             not error
             and result is not None

@@ -156,6 +156,10 @@ def format_summary(summary: dict, top: int = 5) -> str:
         lines.append(f"{n:>14}{best[n]:>12.4g}{summary['baseline'][n]:>12.4g}")
     if base:
         lines.append(f"{metric:>14}{best['best_value']:>12.4f}{base['best_value']:>12.4f}")
+    if summary.get("trials_lost_with_driver"):
+        lost = len(summary["trials_lost_with_driver"])
+        lines += ["", f"{lost} trial(s) started just before the driver died and could not resume; each ran again "
+                  "from the start with the same configuration (recorded as FAIL in Optuna, KILLED in MLflow)."]
     if best.get("predicts_one_class"):
         lines += ["", "Warning: every trial's model gave all validation images one answer; none tells the classes apart. Train longer (--epochs)."]
     test, study = summary["test"], summary.get("study_reported") or {}

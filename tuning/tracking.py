@@ -362,6 +362,16 @@ class SearchTracker:
     def _op_register(self, model_dir: str, description: dict) -> None:
         self._register(model_dir, description)
 
+    def _op_lost(self, trial_id: str) -> None:
+        found = self.client.search_runs(
+            [self._experiment()],
+            filter_string=f"tags.{TRIAL_TAG} = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+            max_results=1,
+        )
+        if found:  # a lost trial that never reached the callback has no run to close
+            self.client.set_tag(found[0].info.run_id, "state", "lost with the driver")
+            self.client.set_terminated(found[0].info.run_id, "KILLED")
+
     # -- what the search calls ----------------------------------------------------------------
     def trial_started(self, trial_id: str, params: Mapping) -> None:
         self.submit("trial_start", trial_id=trial_id, params=dict(params))
@@ -419,6 +429,10 @@ class SearchTracker:
                 "test_fracture_f1": summary["test"]["fracture_f1"],
             })
         self.submit("end", trial_id=None, status="FINISHED")
+
+    def trial_lost(self, trial_id: str) -> None:
+        """Close the run of a trial that died with its driver before Ray Tune saved it."""
+        self.submit("lost", trial_id=trial_id)
 
     def job_interrupted(self) -> None:
         self.submit("end", trial_id=None, status="KILLED")
