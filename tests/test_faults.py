@@ -214,3 +214,48 @@ def test_a_trial_started_after_the_last_snapshot_is_failed_and_its_config_queued
     assert trials[0].state == optuna.trial.TrialState.RUNNING  # known to the snapshot: Tune resumes it
     assert restored.suggest("c") == lost_config  # the lost configuration runs again
     assert optuna.load_study(study_name="s", storage=storage).trials[2].user_attrs[REQUEUED_FROM] == 1
+
+
+@pytest.fixture
+def s3_endpoint(tmp_path: Path, monkeypatch):
+    """An S3-compatible server on loopback (moto's), with one bucket; the AWS variables point at it."""
+    import boto3
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=(tmp_path / "s3.log").open("w"), stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    client = boto3.client("s3")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.create_bucket(Bucket="fracture")
+            break
+        except Exception:  # noqa: BLE001 - not listening yet
+            assert time.monotonic() < deadline, (tmp_path / "s3.log").read_text()
+            time.sleep(0.3)
+    yield client
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def test_s3_experiment_storage_holds_checkpoints_report_and_audit(s3_endpoint, tiny_download: Path, tmp_path: Path):
+    command = [
+        sys.executable, "-m", "tuning.run", "--arch", "cnn", "--data-dir", str(tiny_download), "--image-size", "32", "--batch-size", "16",
+        "--storage-path", "s3://fracture/tune", "--name", "remote", "--num-samples", "2", "--epochs", "2", "--scheduler", "none",
+        "--optuna-storage", f"sqlite:///{tmp_path / 'optuna.db'}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=400)  # its own local Ray, with the S3 variables
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    keys = {o["Key"] for o in s3_endpoint.list_objects_v2(Bucket="fracture", Prefix="tune/remote/")["Contents"]}
+    checkpoints = [k for k in keys if k.endswith("/checkpoint.pt")]
+    assert len({k.split("/")[2] for k in checkpoints}) == 2  # both trials' checkpoints live in the bucket
+    assert {"tune/remote/summary.json", "tune/remote/trials.csv", "tune/remote/test_roc_curve.png", "tune/remote/audit/audit.json"} <= keys
+    summary = json.loads(s3_endpoint.get_object(Bucket="fracture", Key="tune/remote/summary.json")["Body"].read())
+    assert summary["num_trials"] == 2 and summary["test"]["num_images"] == 16
+    study = optuna.load_study(study_name="remote", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2

@@ -184,6 +184,13 @@ def _apply_audit(audit: dict, dataset: FractureDataset, dedupe: bool) -> list[di
     return dropped
 
 
+def _publish(folder: Path, uri: str) -> None:
+    """Copy a local folder's files to remote experiment storage (s3://..., gs://...)."""
+    import pyarrow.fs
+
+    pyarrow.fs.copy_files(str(folder), uri)
+
+
 def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> int:
     """The whole job; returns the exit code. `callbacks` are extra Ray Tune callbacks."""
     import optuna
@@ -357,6 +364,9 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
         "job": job,
     }
     report_files = write_report(report_dir, summary, results, study) + winner_files
+    if not local:  # the report and audit beside the checkpoints, as in a local experiment folder
+        _publish(report_dir, experiment)
+        _publish(audit_dir, f"{experiment}/{AUDIT_DIR}")
     model_dir = save_winner_model(winner_checkpoint, tracker.files_dir("model"))
     tracker.job_finished(summary, report_files, model_dir)
     print("\n" + format_summary(summary))
