@@ -55,6 +55,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--auth", action="store_true", help=f"basic-auth; the admin password comes from ${ADMIN_PASSWORD_ENV} (user admin)")
     parser.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without --auth")
     parser.add_argument("--workers", type=int, default=1, help="server worker processes (default: %(default)s)")
+    parser.add_argument(
+        "--allowed-hosts", default=None,
+        help="Host headers the server answers, comma-separated, wildcards allowed (e.g. 'mlflow.internal,mlflow.internal:*'); "
+        "MLflow's default is localhost and private IP addresses, so a DNS name teammates use must be listed",
+    )
     return parser
 
 
@@ -110,6 +115,9 @@ def _auth_settings(store: Path, env: dict) -> dict:
     return settings
 
 
+LOOPBACK_HOSTS = "localhost,localhost:*,127.0.0.1,127.0.0.1:*"
+
+
 def server_command(args: argparse.Namespace, backend: str, artifacts: str) -> list[str]:
     command = [
         sys.executable, "-m", "mlflow", "server",
@@ -118,6 +126,8 @@ def server_command(args: argparse.Namespace, backend: str, artifacts: str) -> li
         "--serve-artifacts", "--artifacts-destination", artifacts,
         "--workers", str(args.workers),
     ]
+    if args.allowed_hosts:  # loopback stays allowed: this launcher's health check and local users
+        command += ["--allowed-hosts", f"{args.allowed_hosts},{LOOPBACK_HOSTS}"]
     return command + ["--app-name", APP_NAME]  # MLflow's app + /leaderboard (mlflow_server.app), auth inside
 
 

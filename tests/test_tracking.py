@@ -173,10 +173,15 @@ def _get(url: str, headers: dict | None = None) -> int:
 
 def test_auth_server_refuses_anonymous_and_lets_the_admin_log(tmp_path: Path, monkeypatch):
     password = "s3cret-for-this-test"
-    server = MlflowServer(tmp_path / "store", "--auth", env={"MLFLOW_AUTH_ADMIN_PASSWORD": password}).start()
+    server = MlflowServer(
+        tmp_path / "store", "--auth", "--allowed-hosts", "mlflow.team.test,mlflow.team.test:*", env={"MLFLOW_AUTH_ADMIN_PASSWORD": password},
+    ).start()
     try:
         search = f"{server.url}/api/2.0/mlflow/experiments/search?max_results=1"
         assert _get(search) == 401
+        # The team's DNS name passes the host check (then needs a login); any other name is refused.
+        assert _get(search, {"Host": f"mlflow.team.test:{server.port}"}) == 401
+        assert _get(search, {"Host": f"rebound.example:{server.port}"}) == 403
         token = base64.b64encode(f"admin:{password}".encode()).decode()
         assert _get(search, {"Authorization": f"Basic {token}"}) == 200
         assert _get(search, {"Authorization": "Basic " + base64.b64encode(b"admin:wrong").decode()}) == 401
