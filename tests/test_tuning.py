@@ -216,3 +216,20 @@ def test_existing_name_without_resume_is_refused(ray_session, tiny_download: Pat
     (tmp_path / "taken").mkdir()
     with pytest.raises(UserError, match="--resume"):
         main(_args(tiny_download, tmp_path, "taken", "--num-samples", "1", "--epochs", "1"))
+
+
+def test_sampler_seed_changes_the_configs_not_how_a_config_trains(ray_session, tiny_download: Path, tmp_path: Path):
+    """Same --seed, two --sampler-seed values: the baseline trains to the same numbers in both
+    searches while the sampled configs differ (the benchmarks' common random numbers)."""
+    reports, configs = {}, {}
+    for sampler_seed in ("0", "1"):
+        name = f"sampler-{sampler_seed}"
+        assert main(_args(tiny_download, tmp_path, name, "--num-samples", "2", "--epochs", "1", "--scheduler", "none",
+                          "--seed", "5", "--sampler-seed", sampler_seed)) == 0
+        assert json.loads((tmp_path / name / "job.json").read_text())["sampler_seed"] == int(sampler_seed)
+        trials = sorted(_study(tmp_path, name).trials, key=lambda t: t.number)
+        assert trials[0].params == BASELINE_HYPERPARAMETERS
+        configs[sampler_seed] = trials[1].params
+        reports[sampler_seed] = json.loads((tmp_path / name / "summary.json").read_text())["baseline_trial"]["best_value"]
+    assert reports["0"] == reports["1"]
+    assert configs["0"] != configs["1"]

@@ -51,6 +51,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     search.add_argument("--num-samples", type=int, default=20, help="trials in all, the baseline included (default: %(default)s)")
     search.add_argument("--metric", default="val_fracture_f1", choices=sorted(METRICS), help="validation metric to optimise (default: %(default)s)")
     search.add_argument("--sampler", default="tpe", choices=["tpe", "random"], help="Optuna sampler after the baseline trial (default: %(default)s)")
+    search.add_argument(
+        "--sampler-seed", type=int, default=None,
+        help="seed of the sampler's draws (default: --seed, which also seeds training); two searches with one --seed and "
+        "different --sampler-seed train a config identically and differ only in the configs they choose",
+    )
     search.add_argument("--scheduler", default="asha", choices=["asha", "none"], help="early stopping (default: %(default)s)")
     search.add_argument("--grace-period", type=int, default=3, help="ASHA: epochs every trial gets before it can be stopped (default: %(default)s)")
     search.add_argument("--rung-metric", default=None, choices=sorted(METRICS), help="ASHA: validation signal its rungs compare (default: --metric)")
@@ -152,6 +157,7 @@ def _job_record(args: argparse.Namespace, name: str, metric: str, mode: str, dat
         "data_root": str(data_root),
         "data_fingerprint": fingerprint,
         "sampler": args.sampler,
+        "sampler_seed": args.seed if args.sampler_seed is None else args.sampler_seed,
         "scheduler": {"name": args.scheduler, "grace_period": args.grace_period, "reduction_factor": args.reduction_factor, "rung_metric": args.rung_metric or args.metric},
         "search_space": describe(search_space(args.arch)),
         "baseline": dict(BASELINE_HYPERPARAMETERS),
@@ -286,7 +292,7 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     else:
         searcher = make_searcher(
             search_space(args.arch), metric=metric, mode=mode, study_name=name, storage=storage,
-            seed=args.seed, num_samples=args.num_samples, max_epochs=args.epochs, sampler=args.sampler,
+            seed=job["sampler_seed"], num_samples=args.num_samples, max_epochs=args.epochs, sampler=args.sampler,
         )
         scheduler = make_scheduler(
             args.scheduler, metric=metric, mode=mode, rung_metric=args.rung_metric, rung_mode=METRICS.get(args.rung_metric),
