@@ -126,7 +126,7 @@ def test_unreachable_optuna_storage_fails_at_once_and_leaves_nothing(ray_session
     assert not (tmp_path / "no-optuna").exists()  # the same command works once the database is up
 
 
-@pytest.mark.parametrize("flag, value", [("--target-sensitivity", "1.5"), ("--target-sensitivity", "0"), ("--num-samples", "0")])
+@pytest.mark.parametrize("flag, value", [("--target-sensitivity", "1.5"), ("--target-sensitivity", "0"), ("--num-samples", "0"), ("--rung-epochs", "0")])
 def test_bad_settings_fail_before_anything_starts(flag: str, value: str, tiny_download: Path, tmp_path: Path):
     with pytest.raises(UserError, match=flag):
         main(_args(tiny_download, tmp_path, "bad", "--num-samples", "2", "--epochs", "1", flag, value))

@@ -58,6 +58,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     search.add_argument("--scheduler", default="asha", choices=["asha", "none"], help="early stopping (default: %(default)s)")
     search.add_argument("--grace-period", type=int, default=3, help="ASHA: epochs every trial gets before it can be stopped (default: %(default)s)")
+    search.add_argument(
+        "--rung-epochs", type=int, nargs="+", default=None, metavar="EPOCH",
+        help="ASHA: epochs at which trials are compared, e.g. 3 6 (default: grace period x reduction factor^k)",
+    )
     search.add_argument("--rung-metric", default=None, choices=sorted(METRICS), help="ASHA: validation signal its rungs compare (default: --metric)")
     search.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA: keep the top 1/factor at each rung (default: %(default)s)")
     search.add_argument("--optuna-storage", default=None, help="Optuna storage URL (default: sqlite file optuna.db in the experiment folder)")
@@ -89,6 +93,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise UserError(f"--num-samples must be at least 1, got {args.num_samples}.")
     if args.grace_period < 1 or args.reduction_factor <= 1:
         raise UserError("--grace-period must be >= 1 and --reduction-factor > 1.")
+    if args.rung_epochs is not None and min(args.rung_epochs) < 1:
+        raise UserError(f"--rung-epochs must be epochs >= 1, got {args.rung_epochs}.")
     if args.max_concurrent < 0 or args.max_failures < 0:
         raise UserError("--max-concurrent and --max-failures must be >= 0.")
     if not 0 < args.target_sensitivity <= 1:  # checked now, not after hours of training
@@ -158,7 +164,8 @@ def _job_record(args: argparse.Namespace, name: str, metric: str, mode: str, dat
         "data_fingerprint": fingerprint,
         "sampler": args.sampler,
         "sampler_seed": args.seed if args.sampler_seed is None else args.sampler_seed,
-        "scheduler": {"name": args.scheduler, "grace_period": args.grace_period, "reduction_factor": args.reduction_factor, "rung_metric": args.rung_metric or args.metric},
+        "scheduler": {"name": args.scheduler, "grace_period": args.grace_period, "reduction_factor": args.reduction_factor, "rung_metric": args.rung_metric or args.metric,
+                      "rung_epochs": args.rung_epochs},
         "search_space": describe(search_space(args.arch)),
         "baseline": dict(BASELINE_HYPERPARAMETERS),
         "git_commit": git_commit(),
@@ -296,7 +303,7 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
         )
         scheduler = make_scheduler(
             args.scheduler, metric=metric, mode=mode, rung_metric=args.rung_metric, rung_mode=METRICS.get(args.rung_metric),
-            max_epochs=args.epochs, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
+            max_epochs=args.epochs, grace_period=args.grace_period, reduction_factor=args.reduction_factor, rung_epochs=args.rung_epochs,
         )
         tuner = tune.Tuner(
             trainable,

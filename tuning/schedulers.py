@@ -1,27 +1,48 @@
-"""Early stopping for the search: ASHA, optionally cutting its rungs on another validation signal.
+"""Early stopping for the search: ASHA, with its rungs placed where rankings are informative and
+optionally compared on another validation signal than the search metric.
 
-After 3 epochs the trials' order by fracture F1 predicts their final F1 order poorly (Spearman
-0.51, benchmarks/README.md), while ROC AUC (0.60) and loss (0.68) do better: threshold-free
-signals are less noisy early on. `RungMetricASHA` lets the rungs compare on such a signal while
-the search (Optuna, checkpoints, the winner) stays on the search metric.
+Stock ASHA puts rungs at grace × factor^k: for a 10-epoch budget with grace 3 and factor 3 that
+is epochs 3 and 9, and a stop at 9 saves one epoch. `rung_epochs` places the rungs at any
+epochs (e.g. 3 and 6), still keeping the top 1/factor at each. `rung_metric` lets the rungs
+compare a threshold-free signal (ROC AUC ranks trials at epochs 3-5 closer to their final F1
+order than F1 itself does; benchmarks/README.md) while the search (Optuna, checkpoints, the
+winner) stays on the search metric.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 
-class RungMetricASHA(ASHAScheduler):
-    """ASHA whose own metric and mode are kept when Tune passes the search's."""
+class FractureASHA(ASHAScheduler):
+    """ASHA with rungs at the given epochs and, when told, its own metric kept over the search's."""
+
+    def __init__(self, *, rung_epochs: Sequence[int] | None = None, own_metric: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self._own_metric = own_metric
+        if rung_epochs:
+            milestones = sorted(set(rung_epochs), reverse=True)  # ASHA walks its rungs from the last one
+            for bracket in self._brackets:
+                bracket._rungs = [(epoch, {}) for epoch in milestones]
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
-        return True  # keep the rung metric given at construction
+        if self._own_metric:
+            return True  # keep the rung metric given at construction
+        return super().set_search_properties(metric, mode, **spec)
 
 
-def make_scheduler(name: str, *, metric: str, mode: str, rung_metric: str | None, rung_mode: str | None, max_epochs: int, grace_period: int, reduction_factor: float):
+def make_scheduler(
+    name: str, *, metric: str, mode: str, rung_metric: str | None, rung_mode: str | None, max_epochs: int,
+    grace_period: int, reduction_factor: float, rung_epochs: Sequence[int] | None = None,
+):
     if name == "none":
         return FIFOScheduler()
-    common = dict(max_t=max_epochs, grace_period=min(grace_period, max_epochs), reduction_factor=reduction_factor)
-    if rung_metric is None or rung_metric == metric:
-        return ASHAScheduler(**common)
-    return RungMetricASHA(metric=rung_metric, mode=rung_mode, **common)
+    rungs = sorted(e for e in (rung_epochs or ()) if e < max_epochs)
+    own_metric = rung_metric is not None and rung_metric != metric
+    return FractureASHA(
+        metric=rung_metric if own_metric else None, mode=rung_mode if own_metric else None, own_metric=own_metric,
+        max_t=max_epochs, grace_period=rungs[0] if rungs else min(grace_period, max_epochs),
+        reduction_factor=reduction_factor, rung_epochs=rungs or None,
+    )

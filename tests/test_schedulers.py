@@ -1,0 +1,58 @@
+"""ASHA as the search builds it: where its rungs are and which signal they compare."""
+
+from __future__ import annotations
+
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
+
+from tuning.schedulers import make_scheduler
+
+
+def _stopped_at(scheduler, curves: list[list[dict]]) -> list[int | None]:
+    """Feed each trial's epochs in turn (trial by trial, as async ASHA sees finished trials);
+    the epoch at which each was stopped early, or None (ASHA also says STOP at the last epoch)."""
+    trials = [Trial("fracture", stub=True) for _ in curves]
+    for trial in trials:
+        scheduler.on_trial_add(None, trial)
+    stops = []
+    for trial, curve in zip(trials, curves):
+        stop = None
+        for epoch, row in enumerate(curve, start=1):
+            action = scheduler.on_trial_result(None, trial, {"training_iteration": epoch, **row})
+            if action == TrialScheduler.STOP and epoch < len(curve):
+                stop = epoch
+                break
+        stops.append(stop)
+    return stops
+
+
+def _curves(values_by_trial: list[float], epochs: int, key: str = "val_fracture_f1") -> list[list[dict]]:
+    return [[{key: v} for _ in range(epochs)] for v in values_by_trial]
+
+
+def test_stock_rungs_compare_at_grace_times_factor_powers():
+    scheduler = make_scheduler("asha", metric="val_fracture_f1", mode="max", rung_metric=None, rung_mode=None,
+                               max_epochs=10, grace_period=3, reduction_factor=3)
+    scheduler.set_search_properties("val_fracture_f1", "max")
+    # Rungs at 3 and 9: a trial that passes epoch 3 is compared next at 9.
+    rising_then_flat = [[{"val_fracture_f1": 0.9}] * 5 + [{"val_fracture_f1": 0.1}] * 5]
+    assert _stopped_at(scheduler, _curves([0.5, 0.6], 10) + rising_then_flat) == [None, None, 9]
+
+
+def test_rung_epochs_put_the_rungs_where_asked():
+    scheduler = make_scheduler("asha", metric="val_fracture_f1", mode="max", rung_metric=None, rung_mode=None,
+                               max_epochs=10, grace_period=1, reduction_factor=3, rung_epochs=[6, 3, 12])
+    scheduler.set_search_properties("val_fracture_f1", "max")
+    # Not compared before epoch 3 (the first rung), then at 6; 12 is past the budget and ignored.
+    good_then_bad = [[{"val_fracture_f1": 0.9}] * 5 + [{"val_fracture_f1": 0.1}] * 5]
+    bad_from_start = [[{"val_fracture_f1": 0.1}] * 10]
+    assert _stopped_at(scheduler, _curves([0.5, 0.6], 10) + good_then_bad + bad_from_start) == [None, None, 6, 3]
+
+
+def test_rung_metric_is_kept_over_the_search_metric():
+    scheduler = make_scheduler("asha", metric="val_fracture_f1", mode="max", rung_metric="val_roc_auc", rung_mode="max",
+                               max_epochs=4, grace_period=1, reduction_factor=2)
+    scheduler.set_search_properties("val_fracture_f1", "max")  # what Tune calls with the search's metric
+    # F1 says the third trial is best; AUC says it is worst, and AUC decides.
+    curves = [[{"val_fracture_f1": f1, "val_roc_auc": auc}] * 4 for f1, auc in [(0.5, 0.8), (0.5, 0.9), (0.99, 0.1)]]
+    assert _stopped_at(scheduler, curves) == [None, None, 1]
