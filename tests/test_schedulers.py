@@ -5,7 +5,7 @@ from __future__ import annotations
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
-from tuning.schedulers import make_scheduler
+from tuning.schedulers import default_rung_epochs, default_rung_metric, make_scheduler
 
 
 def _stopped_at(scheduler, curves: list[list[dict]]) -> list[int | None]:
@@ -56,3 +56,12 @@ def test_rung_metric_is_kept_over_the_search_metric():
     # F1 says the third trial is best; AUC says it is worst, and AUC decides.
     curves = [[{"val_fracture_f1": f1, "val_roc_auc": auc}] * 4 for f1, auc in [(0.5, 0.8), (0.5, 0.9), (0.99, 0.1)]]
     assert _stopped_at(scheduler, curves) == [None, None, 1]
+
+
+def test_defaults_double_the_grace_period_and_rank_thresholded_metrics_by_auc():
+    assert default_rung_epochs(10, 3) == [3, 6]
+    assert default_rung_epochs(30, 3) == [3, 6, 12, 24]
+    assert default_rung_epochs(4, 1) == [1, 2]
+    assert default_rung_epochs(3, 3) == []  # no rung inside the budget: nothing is stopped early
+    assert default_rung_metric("val_fracture_f1") == default_rung_metric("val_accuracy") == "val_roc_auc"
+    assert default_rung_metric("val_loss") == "val_loss" and default_rung_metric("val_roc_auc") == "val_roc_auc"

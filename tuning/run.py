@@ -60,9 +60,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     search.add_argument("--grace-period", type=int, default=3, help="ASHA: epochs every trial gets before it can be stopped (default: %(default)s)")
     search.add_argument(
         "--rung-epochs", type=int, nargs="+", default=None, metavar="EPOCH",
-        help="ASHA: epochs at which trials are compared, e.g. 3 6 (default: grace period x reduction factor^k)",
+        help="ASHA: epochs at which trials are compared, keeping the top 1/reduction-factor (default: the grace period, doubled until --epochs: 3 6 for 10)",
     )
-    search.add_argument("--rung-metric", default=None, choices=sorted(METRICS), help="ASHA: validation signal its rungs compare (default: --metric)")
+    search.add_argument("--rung-metric", default=None, choices=sorted(METRICS), help="ASHA: validation signal its rungs compare (default: val_roc_auc for thresholded metrics, else --metric)")
     search.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA: keep the top 1/factor at each rung (default: %(default)s)")
     search.add_argument("--optuna-storage", default=None, help="Optuna storage URL (default: sqlite file optuna.db in the experiment folder)")
     cluster = parser.add_argument_group("resources")
@@ -144,6 +144,7 @@ def _user() -> str:
 
 def _job_record(args: argparse.Namespace, name: str, metric: str, mode: str, data_root: Path, fingerprint: str) -> dict:
     """What defines a search: written to job.json, tagged on its MLflow parent run."""
+    from tuning.schedulers import default_rung_epochs, default_rung_metric
     from tuning.search_space import describe, search_space
     from tuning.tracking import git_commit, package_versions
 
@@ -164,8 +165,8 @@ def _job_record(args: argparse.Namespace, name: str, metric: str, mode: str, dat
         "data_fingerprint": fingerprint,
         "sampler": args.sampler,
         "sampler_seed": args.seed if args.sampler_seed is None else args.sampler_seed,
-        "scheduler": {"name": args.scheduler, "grace_period": args.grace_period, "reduction_factor": args.reduction_factor, "rung_metric": args.rung_metric or args.metric,
-                      "rung_epochs": args.rung_epochs},
+        "scheduler": {"name": args.scheduler, "grace_period": args.grace_period, "reduction_factor": args.reduction_factor, "rung_metric": args.rung_metric or default_rung_metric(args.metric),
+                      "rung_epochs": args.rung_epochs or default_rung_epochs(args.epochs, args.grace_period)},
         "search_space": describe(search_space(args.arch)),
         "baseline": dict(BASELINE_HYPERPARAMETERS),
         "git_commit": git_commit(),
@@ -301,9 +302,10 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
             search_space(args.arch), metric=metric, mode=mode, study_name=name, storage=storage,
             seed=job["sampler_seed"], num_samples=args.num_samples, max_epochs=args.epochs, sampler=args.sampler,
         )
+        rungs = job["scheduler"]
         scheduler = make_scheduler(
-            args.scheduler, metric=metric, mode=mode, rung_metric=args.rung_metric, rung_mode=METRICS.get(args.rung_metric),
-            max_epochs=args.epochs, grace_period=args.grace_period, reduction_factor=args.reduction_factor, rung_epochs=args.rung_epochs,
+            args.scheduler, metric=metric, mode=mode, rung_metric=rungs["rung_metric"], rung_mode=METRICS[rungs["rung_metric"]],
+            max_epochs=args.epochs, grace_period=args.grace_period, reduction_factor=args.reduction_factor, rung_epochs=rungs["rung_epochs"],
         )
         tuner = tune.Tuner(
             trainable,
