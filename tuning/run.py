@@ -144,7 +144,7 @@ def _user() -> str:
 
 def _job_record(args: argparse.Namespace, name: str, metric: str, mode: str, data_root: Path, fingerprint: str) -> dict:
     """What defines a search: written to job.json, tagged on its MLflow parent run."""
-    from tuning.schedulers import default_rung_epochs, default_rung_metric
+    from tuning.schedulers import default_rung_metric, rung_epochs
     from tuning.search_space import describe, search_space
     from tuning.tracking import git_commit, package_versions
 
@@ -166,7 +166,7 @@ def _job_record(args: argparse.Namespace, name: str, metric: str, mode: str, dat
         "sampler": args.sampler,
         "sampler_seed": args.seed if args.sampler_seed is None else args.sampler_seed,
         "scheduler": {"name": args.scheduler, "grace_period": args.grace_period, "reduction_factor": args.reduction_factor, "rung_metric": args.rung_metric or default_rung_metric(args.metric),
-                      "rung_epochs": args.rung_epochs or default_rung_epochs(args.epochs, args.grace_period)},
+                      "rung_epochs": rung_epochs(args.epochs, args.grace_period, args.rung_epochs)},
         "search_space": describe(search_space(args.arch)),
         "baseline": dict(BASELINE_HYPERPARAMETERS),
         "git_commit": git_commit(),
@@ -304,8 +304,8 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
         )
         rungs = job["scheduler"]
         scheduler = make_scheduler(
-            args.scheduler, metric=metric, mode=mode, rung_metric=rungs["rung_metric"], rung_mode=METRICS[rungs["rung_metric"]],
-            max_epochs=args.epochs, grace_period=args.grace_period, reduction_factor=args.reduction_factor, rung_epochs=rungs["rung_epochs"],
+            args.scheduler, metric=metric, rung_metric=rungs["rung_metric"], rung_mode=METRICS[rungs["rung_metric"]],
+            max_epochs=args.epochs, rung_epochs=rungs["rung_epochs"], reduction_factor=args.reduction_factor,
         )
         tuner = tune.Tuner(
             trainable,

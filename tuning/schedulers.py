@@ -25,8 +25,11 @@ def default_rung_metric(metric: str) -> str:
     return metric if metric in THRESHOLD_FREE else "val_roc_auc"
 
 
-def default_rung_epochs(max_epochs: int, grace_period: int) -> list[int]:
-    """The grace period, doubled until the budget: 3, 6 for 10 epochs; 3, 6, 12, 24 for 30."""
+def rung_epochs(max_epochs: int, grace_period: int, given: Sequence[int] | None = None) -> list[int]:
+    """The epochs where trials are compared: `given` inside the budget, else the grace period
+    doubled until the budget (3, 6 for 10 epochs; 3, 6, 12, 24 for 30)."""
+    if given:
+        return sorted({e for e in given if e < max_epochs})
     rungs, epoch = [], max(1, grace_period)
     while epoch < max_epochs:
         rungs.append(epoch)
@@ -37,13 +40,12 @@ def default_rung_epochs(max_epochs: int, grace_period: int) -> list[int]:
 class FractureASHA(ASHAScheduler):
     """ASHA with rungs at the given epochs and, when told, its own metric kept over the search's."""
 
-    def __init__(self, *, rung_epochs: Sequence[int] | None = None, own_metric: bool = False, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, *, rung_epochs: Sequence[int], own_metric: bool = False, **kwargs):
+        super().__init__(grace_period=min(rung_epochs), **kwargs)
         self._own_metric = own_metric
-        if rung_epochs:
-            milestones = sorted(set(rung_epochs), reverse=True)  # ASHA walks its rungs from the last one
-            for bracket in self._brackets:
-                bracket._rungs = [(epoch, {}) for epoch in milestones]
+        milestones = sorted(set(rung_epochs), reverse=True)  # ASHA walks its rungs from the last one
+        for bracket in self._brackets:
+            bracket._rungs = [(epoch, {}) for epoch in milestones]
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         if self._own_metric:
@@ -52,15 +54,13 @@ class FractureASHA(ASHAScheduler):
 
 
 def make_scheduler(
-    name: str, *, metric: str, mode: str, rung_metric: str | None, rung_mode: str | None, max_epochs: int,
-    grace_period: int, reduction_factor: float, rung_epochs: Sequence[int] | None = None,
+    name: str, *, metric: str, rung_metric: str, rung_mode: str, max_epochs: int, rung_epochs: Sequence[int], reduction_factor: float,
 ):
-    if name == "none":
+    """ASHA over `rung_epochs` (from `rung_epochs()`); with no rung inside the budget nothing can be stopped early."""
+    if name == "none" or not rung_epochs:
         return FIFOScheduler()
-    rungs = sorted(e for e in (rung_epochs or ()) if e < max_epochs)
-    own_metric = rung_metric is not None and rung_metric != metric
+    own_metric = rung_metric != metric
     return FractureASHA(
         metric=rung_metric if own_metric else None, mode=rung_mode if own_metric else None, own_metric=own_metric,
-        max_t=max_epochs, grace_period=rungs[0] if rungs else min(grace_period, max_epochs),
-        reduction_factor=reduction_factor, rung_epochs=rungs or None,
+        max_t=max_epochs, reduction_factor=reduction_factor, rung_epochs=rung_epochs,
     )
