@@ -15,7 +15,9 @@ httpx httpcore setuptools wheel"
 work=$(mktemp -d)
 platforms="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
 python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp $platforms -d "$work/all" \
-  'ray[tune]==2.60.0' 'optuna==5.0.0' 'mlflow==3.17.2' 'captum>=0.7'
+  'ray[tune]==2.60.0' 'optuna==5.0.0' 'mlflow==3.17.2'
+# captum's own needs (torch, numpy, matplotlib) are on the image: not torch's CUDA wheels again.
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $platforms -d "$work/all" 'captum>=0.7'
 mkdir "$work/need"
 for wheel in "$work"/all/*.whl; do
   name=$(basename "$wheel" | cut -d- -f1 | tr '_.' '--' | tr 'A-Z' 'a-z')
