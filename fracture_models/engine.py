@@ -226,9 +226,13 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def restore_training(state: TrainingState, checkpoint: dict) -> None:
-    """Continue where the checkpoint left off (the next epoch is checkpoint['epoch'] + 1)."""
+    """Continue where the checkpoint left off (the next epoch is checkpoint['epoch'] + 1).
+
+    A checkpoint without optimiser state (a finished trial's: weights only) restores the
+    weights and schedule; training on from it would start Adam's moments afresh."""
     state.model.load_state_dict(checkpoint["model"])
-    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    if "optimizer" in checkpoint:
+        state.optimizer.load_state_dict(checkpoint["optimizer"])
     state.scheduler.load_state_dict(checkpoint["scheduler"])
     if state.scaler is not None and checkpoint.get("scaler"):
         state.scaler.load_state_dict(checkpoint["scaler"])

@@ -20,6 +20,7 @@ from fracture_models.errors import UserError
 from fracture_models.study import BASELINE_HYPERPARAMETERS
 from tuning.run import main
 from tuning.searcher import RAY_TRIAL_ID
+from tuning.trainable import CHECKPOINT_FILE, OPTIMIZER_FILE
 
 
 def _args(data: Path, storage: Path, name: str, *extra: str) -> list[str]:
@@ -62,6 +63,10 @@ def test_search_runs_baseline_first_stops_early_and_tests_only_the_winner(ray_se
     assert all(t.user_attrs["stopped_at_epoch"] < 4 for t in pruned)
     assert {t.user_attrs[RAY_TRIAL_ID] for t in trials} == {row["trial_id"] for row in summary["trials"]}
     assert summary["epochs_trained"] < summary["epochs_budget"] == 20
+    # Every trial has ended: each kept checkpoint holds the weights, none the optimiser state.
+    kept = [folder for row in summary["trials"] for folder in Path(row["path"]).glob("checkpoint_*")]
+    assert len(kept) >= 5 and all((folder / CHECKPOINT_FILE).is_file() for folder in kept)
+    assert not list((tmp_path / "search").rglob(OPTIMIZER_FILE))
 
     # Selection on validation; the test split reaches no trial and is evaluated once, for the winner.
     assert summary["metric"] == "val_fracture_f1" and summary["job"]["scheduler"]["rung_metric"] == "val_loss"

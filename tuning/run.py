@@ -210,6 +210,7 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     import optuna
     from ray import tune
 
+    from tuning.checkpoints import DropOptimizerState
     from tuning.progress import quiet_libraries, search_progress, trial_name
     from tuning.resources import check_trial_resources, default_gpus_per_trial
     from tuning.schedulers import make_scheduler
@@ -320,7 +321,7 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=CHECKPOINT_SCORE, checkpoint_score_order=mode),
                 failure_config=tune.FailureConfig(max_failures=args.max_failures),
                 progress_reporter=search_progress(metric),
-                callbacks=[MlflowLoggingCallback(tracker, baseline_point().keys()), *(callbacks or [])],
+                callbacks=[MlflowLoggingCallback(tracker, baseline_point().keys()), DropOptimizerState(), *(callbacks or [])],
                 verbose=1,
             ),
         )

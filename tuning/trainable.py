@@ -5,7 +5,8 @@ A trial gets the decoded train and validation splits once through Ray's object s
 reports the validation metrics (confusion-matrix counts included) and `checkpoint_score` with a
 checkpoint; Tune keeps the best few by that score (the search metric, demoted for an epoch whose
 model answers one class for every image). A retried or resumed trial continues from its last
-checkpoint.
+checkpoint. The optimiser's state (twice the model's size with Adam) goes in a file of its own,
+which `tuning.checkpoints` deletes once the trial has ended: a finished trial keeps its weights.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from fracture_models.data import DecodedSplit
 from fracture_models.engine import build_training, fit, load_checkpoint, make_checkpoint, make_loaders, restore_training, save_checkpoint
 from fracture_models.metrics import selection_score
 
-CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FILE = "checkpoint.pt"  # weights, schedule, epoch, config, metrics: all a finished trial keeps
+OPTIMIZER_FILE = "optimizer.pt"  # the optimiser and grad-scaler state, for continuing training only
+_OPTIMIZER_KEYS = ("optimizer", "scaler")
 CHECKPOINT_SCORE = "checkpoint_score"
 
 
@@ -40,13 +43,28 @@ def train_fracture_model(
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            restore_training(state, load_checkpoint(Path(folder) / CHECKPOINT_FILE))
+            restore_training(state, read_checkpoint(Path(folder)))
     train_loader, val_loader = make_loaders(state, train_split, val_split)
 
     def report(row: dict, val_metrics: dict, state) -> None:
         row = {**row, CHECKPOINT_SCORE: selection_score(row, metric, mode, prefix="val_")}
         with tempfile.TemporaryDirectory() as folder:
-            save_checkpoint(make_checkpoint(state, row), Path(folder) / CHECKPOINT_FILE)
+            write_checkpoint(make_checkpoint(state, row), Path(folder))
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(folder))
 
     fit(state, train_loader, val_loader, on_epoch_end=report)
+
+
+def write_checkpoint(checkpoint: dict, folder: Path) -> None:
+    """`checkpoint` as two files: the optimiser state apart from everything else."""
+    optimizer_state = {key: checkpoint[key] for key in _OPTIMIZER_KEYS}
+    save_checkpoint({key: value for key, value in checkpoint.items() if key not in _OPTIMIZER_KEYS}, folder / CHECKPOINT_FILE)
+    save_checkpoint(optimizer_state, folder / OPTIMIZER_FILE)
+
+
+def read_checkpoint(folder: Path) -> dict:
+    """The checkpoint in `folder`, with its optimiser state where the trial still has it."""
+    checkpoint = load_checkpoint(folder / CHECKPOINT_FILE)
+    if (folder / OPTIMIZER_FILE).exists():
+        checkpoint.update(load_checkpoint(folder / OPTIMIZER_FILE))
+    return checkpoint
