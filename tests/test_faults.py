@@ -254,6 +254,7 @@ def test_s3_experiment_storage_holds_checkpoints_report_and_audit(s3_endpoint, t
     keys = {o["Key"] for o in s3_endpoint.list_objects_v2(Bucket="fracture", Prefix="tune/remote/")["Contents"]}
     checkpoints = [k for k in keys if k.endswith("/checkpoint.pt")]
     assert len({k.split("/")[2] for k in checkpoints}) == 2  # both trials' checkpoints live in the bucket
+    assert not [k for k in keys if k.endswith("/optimizer.pt")]  # deleted from the bucket as each trial ended
     assert {"tune/remote/summary.json", "tune/remote/trials.csv", "tune/remote/test_roc_curve.png", "tune/remote/audit/audit.json"} <= keys
     summary = json.loads(s3_endpoint.get_object(Bucket="fracture", Key="tune/remote/summary.json")["Body"].read())
     assert summary["num_trials"] == 2 and summary["test"]["num_images"] == 16
