@@ -200,6 +200,7 @@ def test_interrupt_then_resume_runs_n_trials_none_twice(ray_session, tiny_downlo
     summary = json.loads((tmp_path / "resumable" / "summary.json").read_text())
     assert sorted(r["trial_id"] for r in summary["trials"]) == sorted(ray_ids)
     assert all(r["epochs"] == 3 for r in summary["trials"])
+    assert not list((tmp_path / "resumable").rglob(OPTIMIZER_FILE))  # the restored job still drops it as trials end
     # The job kept one parent run and one child run per trial in the default MLflow store.
     from mlflow import MlflowClient
 
