@@ -27,7 +27,8 @@ from fracture_models.engine import build_training, fit, make_loaders
 from fracture_models.metrics import selection_score
 from fracture_models.records import write_json
 from fracture_models.study import BASELINE_HYPERPARAMETERS
-from fracture_models.synthetic import SyntheticSpec, ensure_generated
+from fracture_models.synthetic import ensure_generated
+from search_efficiency import task_spec  # beside this script in benchmarks/
 
 METRIC = "val_fracture_f1"
 
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lr-factors", type=float, nargs="+", default=[0.995, 0.996, 0.997, 0.998, 0.999, 1.0, 1.001, 1.002, 1.003, 1.004, 1.005])
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s, seed 0 of the benchmark)")
+    parser.add_argument("--train", type=int, default=1200, help="generated training images (default: %(default)s, the benchmark's)")
+    parser.add_argument("--val", type=int, default=1000, help="generated validation images (default: %(default)s, the benchmark's)")
     parser.add_argument("--difficulty", type=float, default=1.0)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--image-size", type=int, default=32)
@@ -54,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="objective-noise-"))
-    # The search-efficiency benchmark's data, byte for byte (its defaults).
-    spec = SyntheticSpec(train=1200, val=1000, test=200, image_size=128, seed=100, difficulty=args.difficulty)
+    spec = task_spec(args.train, args.val, args.difficulty)  # the search-efficiency benchmark's data, byte for byte
     data_dir = ensure_generated(work / "data", spec)
     load_dataset(data_dir, args.image_size, cache_dir=work / "cache", progress=False)  # decode once, before the workers
     base_lr = BASELINE_HYPERPARAMETERS["lr"]

@@ -41,6 +41,11 @@ from fracture_models.synthetic import SyntheticSpec, ensure_generated
 from tuning.run import METRICS, get_args_parser, run_search
 
 
+def task_spec(train: int, val: int, difficulty: float) -> SyntheticSpec:
+    """The benchmark's generated data (objective_noise.py trains on the same)."""
+    return SyntheticSpec(train=train, val=val, test=200, image_size=128, seed=100, difficulty=difficulty)
+
+
 def trial_histories(experiment: Path) -> pd.DataFrame:
     """Every reported epoch of every trial: trial, epoch, time, metrics."""
     frames = []
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="search-efficiency-"))
     os.environ["FRACTURE_MLFLOW_DIR"] = str(work / "mlflow")
-    spec = SyntheticSpec(train=args.train, val=args.val, test=200, image_size=128, seed=100, difficulty=args.difficulty)
+    spec = task_spec(args.train, args.val, args.difficulty)
     data_dir = ensure_generated(work / "data", spec)
     common = [
         "--arch", "cnn", "--num-samples", str(args.num_samples), "--epochs", str(args.epochs), "--image-size", str(args.image_size),
