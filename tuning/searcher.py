@@ -7,10 +7,12 @@ for what it is, and each Optuna trial carries its Ray Tune trial id.
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Mapping
 
 import optuna
+import sqlalchemy.exc
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
@@ -73,9 +75,26 @@ class StudyAwareOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An RDB storage object (OptunaSearch wants an object, not a URL)."""
-    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else {})
+def open_storage(url: str, attempts: int = 5) -> optuna.storages.BaseStorage:
+    """An RDB storage object (OptunaSearch wants an object, not a URL).
+
+    Processes that open a fresh storage at once (the search and optuna-dashboard, two drivers on
+    the team database) race to create its tables; one that loses tries again and finds them.
+    """
+    engine_kwargs = {"pool_pre_ping": True} if not url.startswith("sqlite") else {}
+    for attempt in range(1, attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except sqlalchemy.exc.DatabaseError as exc:
+            if not _lost_schema_race(exc):
+                raise
+            time.sleep(0.1 * attempt)
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+
+
+def _lost_schema_race(exc: sqlalchemy.exc.DatabaseError) -> bool:
+    """Another process created a table, or stamped the schema's version row, first."""
+    return isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in str(exc.orig)
 
 
 def make_searcher(
