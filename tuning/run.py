@@ -318,7 +318,7 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=experiment.rsplit("/", 1)[0],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=CHECKPOINT_SCORE, checkpoint_score_order=mode),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=CHECKPOINT_SCORE, checkpoint_score_order=mode),
                 failure_config=tune.FailureConfig(max_failures=args.max_failures),
                 progress_reporter=search_progress(metric),
                 callbacks=[MlflowLoggingCallback(tracker, baseline_point().keys()), DropOptimizerState(), *(callbacks or [])],
