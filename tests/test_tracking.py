@@ -95,8 +95,11 @@ def test_search_is_tracked_on_the_team_server(ray_session, tiny_download: Path, 
     mlflow.set_tracking_uri(tracking_server.url)
     try:
         model = mlflow.pytorch.load_model("models:/fracture-cnn@champion")
+        requirements = Path(mlflow.pyfunc.get_model_dependencies("models:/fracture-cnn@champion")).read_text().split()
     finally:
         mlflow.set_tracking_uri(None)  # it also sets $MLFLOW_TRACKING_URI, which later searches would follow
+    # What serving it needs, stated rather than inferred (inference loads the model in a subprocess).
+    assert {r.split("==")[0] for r in requirements} == {"mlflow", "torch", "cloudpickle"}
     test = load_split(resolve_dataset_root(tiny_download), "test", 32)
     with torch.no_grad():
         predicted = model(to_model_input(test.images)).argmax(1)

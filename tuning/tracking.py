@@ -526,6 +526,7 @@ def save_winner_model(checkpoint_dir: Path, out_dir: Path) -> Path:
     model.load_state_dict(checkpoint["model"])
     model.eval()
     # Saved as torch.export's pt2 (no pickle to load); a batch of 2 keeps the batch size dynamic.
+    # Requirements are stated: inferring them loads the model in a subprocess (10 s on 2 cores).
     example = np.zeros((2, 3, config["image_size"], config["image_size"]), dtype=np.float32)
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
@@ -533,7 +534,10 @@ def save_winner_model(checkpoint_dir: Path, out_dir: Path) -> Path:
         import shutil
 
         shutil.rmtree(out_dir)
-    mlflow.pytorch.save_model(model, str(out_dir), signature=infer_signature(example, output), input_example=example, serialization_format="pt2")
+    mlflow.pytorch.save_model(
+        model, str(out_dir), signature=infer_signature(example, output), input_example=example, serialization_format="pt2",
+        pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
+    )
     return out_dir
 
 
