@@ -110,7 +110,7 @@ def test_dedupe_drops_the_training_copy_of_a_test_image(ray_session, tiny_downlo
 
     code = main(_args(data, tmp_path, "warned", "--num-samples", "1", "--epochs", "1", "--scheduler", "none"))
     assert code == 0
-    assert "1 groups of duplicate images cross splits" in caplog.text and "--dedupe" in caplog.text
+    assert "duplicate images across splits (1 group)" in caplog.text and "--dedupe" in caplog.text
     warned = json.loads((tmp_path / "warned" / "job.json").read_text())
 
     code = main(_args(data, tmp_path, "deduped", "--num-samples", "1", "--epochs", "1", "--scheduler", "none", "--dedupe"))

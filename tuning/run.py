@@ -184,8 +184,9 @@ def _apply_audit(audit: dict, dataset: FractureDataset, dedupe: bool) -> list[di
         )
     if audit["cross_split_groups"] and not dedupe:
         logger.warning(
-            "Data audit: %d groups of duplicate images cross splits, so the test score can be inflated by leakage; "
-            "see audit/duplicates.csv, or drop the training copies with --dedupe.", audit["cross_split_groups"],
+            "Data audit: duplicate images across splits (%d group%s), so the test score can be inflated by leakage; "
+            "see audit/duplicates.csv, or drop the training copies with --dedupe.",
+            audit["cross_split_groups"], "" if audit["cross_split_groups"] == 1 else "s",
         )
     if not dedupe:
         return []
