@@ -7,8 +7,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 
-from tuning.searcher import open_storage
+from tuning.searcher import _lost_schema_race, open_storage
 
 OPENERS = 4
 
@@ -49,7 +50,14 @@ def test_a_fresh_postgres_storage_opened_at_once_by_several_openers(postgres_dat
         assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["s"]
 
 
-def test_an_unreachable_storage_is_not_retried_as_a_race():
-    with pytest.raises(Exception) as caught:
+def test_only_the_schema_race_is_retried(tmp_path: Path):
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text("CREATE TABLE studies (id INTEGER PRIMARY KEY)"))
+    with pytest.raises(sqlalchemy.exc.DatabaseError) as created_twice, engine.begin() as connection:
+        connection.execute(sqlalchemy.text("CREATE TABLE studies (id INTEGER PRIMARY KEY)"))
+    assert _lost_schema_race(created_twice.value)
+
+    with pytest.raises(sqlalchemy.exc.DatabaseError) as refused:
         open_storage("postgresql://nobody@127.0.0.1:9/none?connect_timeout=1")
-    assert "already exists" not in str(caught.value)
+    assert not _lost_schema_race(refused.value)
