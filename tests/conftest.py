@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -84,6 +85,12 @@ def ray_session():
 # Loopback requests go direct: urllib's global opener keeps the proxies of the first call
 # (a test of offline weights sets a dead one).
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def trial_results(trial_dir: Path) -> list[dict]:
+    """A Tune trial's reported rows (its result.json), oldest first; none before its first report."""
+    path = trial_dir / "result.json"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def free_port() -> int:

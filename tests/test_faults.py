@@ -17,6 +17,7 @@ import optuna
 import pytest
 
 from fracture_models.synthetic import SyntheticSpec, generate
+from tests.conftest import trial_results
 from tuning.searcher import LOST_WITH_DRIVER, RAY_TRIAL_ID, REQUEUED_FROM
 
 TRIALS, EPOCHS = 4, 4
@@ -76,11 +77,6 @@ def _finished(storage: Path, name: str) -> int:
         return sum(t.state.is_finished() for t in _study(storage, name).trials)
     except Exception:  # noqa: BLE001 - the study is not created yet
         return 0
-
-
-def _results(trial_dir: Path) -> list[dict]:
-    path = trial_dir / "result.json"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def _node_of(cluster, pid: int):
@@ -146,7 +142,7 @@ def test_a_lost_worker_node_costs_no_trial(cluster, fault_download: Path, tmp_pa
     def node_of_a_trial_mid_way() -> bool:
         """The worker node running a trial that has checkpointed and has two epochs to go."""
         for trial_dir in tmp_path.glob("lost-node/trial_*"):
-            rows = _results(trial_dir)
+            rows = trial_results(trial_dir)
             if rows and 1 <= rows[-1]["training_iteration"] <= EPOCHS - 2:
                 node = _node_of(c, rows[-1]["pid"])
                 if node is not None:
@@ -167,7 +163,7 @@ def test_a_lost_worker_node_costs_no_trial(cluster, fault_download: Path, tmp_pa
     failed = [Path(row["path"]) for row in summary["trials"] if (Path(row["path"]) / "error.txt").is_file()]
     assert failed, "the lost node ran no trial"
     for trial_dir in failed:
-        rows = _results(trial_dir)
+        rows = trial_results(trial_dir)
         failed_at = (trial_dir / "error.txt").stat().st_mtime
         assert [r["training_iteration"] for r in rows if r["timestamp"] <= failed_at], "it failed before its first checkpoint"
         assert [r["training_iteration"] for r in rows] == list(range(1, EPOCHS + 1))

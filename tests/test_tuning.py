@@ -18,6 +18,7 @@ from ray import tune
 from fracture_models.data import DATASET_FOLDER
 from fracture_models.errors import UserError
 from fracture_models.study import BASELINE_HYPERPARAMETERS
+from tests.conftest import trial_results
 from tuning.run import main
 from tuning.searcher import RAY_TRIAL_ID
 from tuning.trainable import CHECKPOINT_FILE, OPTIMIZER_FILE
@@ -34,12 +35,8 @@ def _study(storage: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{storage / name / 'optuna.db'}")
 
 
-def _results(trial_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
-
-
 def _reported_keys(trial_dir: Path) -> set[str]:
-    return set().union(*_results(trial_dir))
+    return set().union(*trial_results(trial_dir))
 
 
 def test_search_runs_baseline_first_stops_early_and_tests_only_the_winner(ray_session, tiny_download: Path, tmp_path: Path):
@@ -68,7 +65,7 @@ def test_search_runs_baseline_first_stops_early_and_tests_only_the_winner(ray_se
     # but not the optimiser state.
     for row in summary["trials"]:
         trial_dir = Path(row["path"])
-        scores = [r["checkpoint_score"] for r in _results(trial_dir)]
+        scores = [r["checkpoint_score"] for r in trial_results(trial_dir)]
         kept = sorted(trial_dir.glob("checkpoint_*"))
         epochs = [int(folder.name.removeprefix("checkpoint_")) for folder in kept]  # 0-based
         best = [e for e in epochs if scores[e] == max(scores)]
