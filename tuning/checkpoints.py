@@ -1,6 +1,6 @@
 """A finished trial keeps its weights, not its optimiser state.
 
-Tune keeps a trial's best checkpoints; each holds Adam's moments, twice the model's size,
+Tune keeps a trial's best checkpoint and its latest; each holds Adam's moments, twice the model's size,
 so that a retried or resumed trial can train on. Once a trial has ended nothing
 trains it on, so its `optimizer.pt` files go: for VGG16, 1.08 GB of each 1.62 GB checkpoint.
 Works on any storage Tune writes to (a local folder or s3://), through the experiment's own

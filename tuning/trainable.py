@@ -3,8 +3,8 @@
 A trial gets the decoded train and validation splits once through Ray's object store
 (`tune.with_parameters`), never the test split, and never re-decodes a file. Every epoch it
 reports the validation metrics (confusion-matrix counts included) and `checkpoint_score` with a
-checkpoint; Tune keeps the best few by that score (the search metric, demoted for an epoch whose
-model answers one class for every image). A retried or resumed trial continues from its last
+checkpoint; Tune keeps the best by that score (the search metric, demoted for an epoch whose
+model answers one class for every image) and the latest. A retried or resumed trial continues from its last
 checkpoint. The optimiser's state (twice the model's size with Adam) goes in a file of its own,
 which `tuning.checkpoints` deletes once the trial has ended: a finished trial keeps its weights.
 """
