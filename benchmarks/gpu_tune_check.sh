@@ -40,7 +40,7 @@ echo "== CNN at 64 px, 8 trials x 10 epochs, no early stopping: 4 trials per GPU
 search cnn-quarter --data-dir /tmp/data64 --arch cnn --num-samples 8 --image-size 64 --gpus-per-trial 0.25 --cpus-per-trial 2 --scheduler none
 search cnn-whole --data-dir /tmp/data64 --arch cnn --num-samples 8 --image-size 64 --gpus-per-trial 1 --cpus-per-trial 2 --scheduler none
 echo "== VGG16 at 224 px, the defaults (1 GPU per trial, ASHA), 6 trials x 4 epochs" | tee -a "$summary"
-search vgg16 --data-dir /tmp/data224 --arch vgg16 --num-samples 6 --epochs 4 --image-size 224 --cpus-per-trial 4
+search vgg16 --data-dir /tmp/data224 --arch vgg16 --weights none --num-samples 6 --epochs 4 --image-size 224 --cpus-per-trial 4
 
 for name in cnn-quarter cnn-whole vgg16; do cp "/tmp/runs/$name/summary.json" "$out/summary-$name.json" 2>/dev/null; done
 tar czf "$out/logs.tgz" -C /tmp $(cd /tmp && ls runs-*.log gpu-*.txt) 2>/dev/null

@@ -15,7 +15,7 @@ from typing import Callable
 
 from fracture_models.data import DEFAULT_MAX_BAD_FRACTION, default_cache_dir
 from fracture_models.errors import UserError
-from fracture_models.models import list_models
+from fracture_models.models import architecture, list_models
 from fracture_models.study import BASELINE_BATCH_SIZE, BASELINE_EPOCHS, BASELINE_HYPERPARAMETERS, BASELINE_IMAGE_SIZE
 from fracture_models.synthetic import SyntheticSpec, ensure_generated
 
@@ -68,9 +68,11 @@ def get_common_parser(add_help: bool = False) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--weights",
-        default="none",
+        default=None,
         help="'none' (random init), 'imagenet' (torchvision's cached download) or a path to a torchvision "
-        "ImageNet weights file (default: %(default)s)",
+        "ImageNet weights file (default: where the study started: imagenet for "
+        + ", ".join(name for name in list_models() if architecture(name).default_weights == "imagenet")
+        + "; none for the others)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N' (default: %(default)s)")

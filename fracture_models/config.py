@@ -19,10 +19,15 @@ class TrainConfig:
     aug_strength: float = BASELINE_HYPERPARAMETERS["aug_strength"]
     batch_size: int = BASELINE_BATCH_SIZE
     image_size: int = BASELINE_IMAGE_SIZE
-    weights: str = "none"
+    weights: str | None = None  # None: the architecture's default, the study's starting point
     seed: int = 0
     device: str = "auto"
     channels_last: bool | None = None  # None: on CUDA only
+
+    def __post_init__(self) -> None:
+        from fracture_models.models import resolve_weights
+
+        self.weights = resolve_weights(self.arch, self.weights)
 
     def to_dict(self) -> dict:
         return asdict(self)

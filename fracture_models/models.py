@@ -3,11 +3,14 @@
 `create_model(name, ...)` fails loudly on an unknown name; `list_models()` lists them. Builders
 do no I/O unless weights are asked for. `weights` is `"none"` (random init), `"imagenet"`
 (torchvision's own download-and-cache loading) or a path to a torchvision ImageNet state dict.
+Each entry carries the study's own starting point (`default_weights`): ImageNet for the
+fine-tuned ResNet50 and VGG16, random init for the custom CNN.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -16,14 +19,24 @@ from torch import nn
 
 from fracture_models.errors import UserError, WeightsUnavailableError
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+@dataclass(frozen=True)
+class Architecture:
+    """A registered architecture and the facts that travel with it."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    default_weights: str = "none"  # the study's starting point: "none" or "imagenet"
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+_REGISTRY: dict[str, Architecture] = {}
+
+
+def register_model(name: str, *, default_weights: str = "none") -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = builder
+        _REGISTRY[name] = Architecture(name, builder, default_weights)
         return builder
 
     return decorator
@@ -33,11 +46,30 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, *, num_classes: int = 2, weights: str = "none", image_size: int = 224) -> nn.Module:
-    """Build a registered model. Unknown names raise a `UserError` listing the known ones."""
+def architecture(name: str) -> Architecture:
+    """The registry entry of `name`; unknown names raise a `UserError` listing the known ones."""
     if name not in _REGISTRY:
         raise UserError(f"Unknown architecture {name!r}; choose one of: {', '.join(list_models())}.")
-    return _REGISTRY[name](num_classes=num_classes, weights=weights, image_size=image_size)
+    return _REGISTRY[name]
+
+
+def resolve_weights(name: str, weights: str | None) -> str:
+    """`weights` as given, or the study's starting point for the architecture when None."""
+    return architecture(name).default_weights if weights is None else weights
+
+
+def create_model(name: str, *, num_classes: int = 2, weights: str | None = None, image_size: int = 224) -> nn.Module:
+    """Build a registered model; `weights=None` starts where the study did (`default_weights`)."""
+    entry = architecture(name)
+    return entry.builder(num_classes=num_classes, weights=resolve_weights(name, weights), image_size=image_size)
+
+
+def check_weights_available(name: str, weights: str | None) -> None:
+    """Fail fast, before data is decoded or generated, when the weights cannot be loaded."""
+    weights = resolve_weights(name, weights)
+    if weights == "none":
+        return
+    create_model(name, weights=weights, image_size=32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,7 +150,7 @@ def _imagenet_state_dict(weights: str, enum_value) -> dict[str, torch.Tensor] | 
         ) from exc
 
 
-@register_model("resnet50")
+@register_model("resnet50", default_weights="imagenet")
 def _resnet50(*, num_classes: int, weights: str, image_size: int) -> nn.Module:
     from torchvision.models import ResNet50_Weights, resnet50
 
@@ -130,7 +162,7 @@ def _resnet50(*, num_classes: int, weights: str, image_size: int) -> nn.Module:
     return model
 
 
-@register_model("vgg16")
+@register_model("vgg16", default_weights="imagenet")
 def _vgg16(*, num_classes: int, weights: str, image_size: int) -> nn.Module:
     """VGG16; the pretrained fc6/fc7 stay, the 1000-way layer becomes FC 4096-256-classes."""
     from torchvision.models import VGG16_Weights, vgg16

@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out or Path("runs") / "train" / f"{config.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     device = select_device(config.device)
-    data_dir = resolve_dataset_root(resolve_data_dir(args))  # fail fast on a bad path
-    state = build_training(config, device)  # fail on missing weights before the (slow) decode
+    state = build_training(config, device)  # missing weights fail before data is generated or decoded
+    data_dir = resolve_dataset_root(resolve_data_dir(args))
     dataset = load_dataset(
         data_dir,
         config.image_size,

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_training_on_cuda_and_the_checkpoint_on_the_cpu_agree(arch: str, small_download, tmp_path):
     data = load_dataset(small_download, 48)
     cuda = torch.device("cuda")
-    state = build_training(TrainConfig(arch=arch, image_size=48, epochs=2, batch_size=8), cuda)
+    state = build_training(TrainConfig(arch=arch, image_size=48, epochs=2, batch_size=8, weights="none"), cuda)
     assert autocast_dtype(cuda) in (torch.bfloat16, torch.float16) and state.channels_last
     train, val = make_loaders(state, data.train, data.val)
     assert train.images.is_cuda and val.labels.is_cuda  # the uint8 cache lives on the GPU
@@ -31,7 +31,7 @@ def test_training_on_cuda_and_the_checkpoint_on_the_cpu_agree(arch: str, small_d
     path = save_checkpoint(make_checkpoint(state), tmp_path / "checkpoint.pt")
     gpu_y, gpu_p, _ = predict(state, val)
 
-    cpu_state = build_training(TrainConfig(arch=arch, image_size=48, epochs=2, batch_size=8), torch.device("cpu"))
+    cpu_state = build_training(TrainConfig(arch=arch, image_size=48, epochs=2, batch_size=8, weights="none"), torch.device("cpu"))
     restore_training(cpu_state, load_checkpoint(path))  # weights_only=True, map_location cpu
     cpu_y, cpu_p, _ = predict(cpu_state, BatchLoader(data.val, 8))
     assert (gpu_y == cpu_y).all()

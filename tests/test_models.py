@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from fracture_models.errors import UserError, WeightsUnavailableError
-from fracture_models.models import StudyCNN, create_model, list_models
+from fracture_models.config import TrainConfig
+from fracture_models.models import StudyCNN, architecture, create_model, list_models, resolve_weights
 
 
 def test_registry_lists_the_study_architectures():
@@ -14,7 +15,7 @@ def test_registry_lists_the_study_architectures():
 @pytest.mark.parametrize("name", list_models())
 def test_forward_and_backward_at_small_size(name: str):
     torch.manual_seed(0)
-    model = create_model(name, image_size=32)
+    model = create_model(name, weights="none", image_size=32)
     x = torch.randn(2, 3, 32, 32)
     logits = model(x)
     assert logits.shape == (2, 2)
@@ -22,6 +23,13 @@ def test_forward_and_backward_at_small_size(name: str):
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None for g in grads)
     assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_each_architecture_starts_where_the_study_started():
+    # The study fine-tuned ImageNet-pretrained ResNet50 and VGG16 and trained its CNN from scratch.
+    assert {name: architecture(name).default_weights for name in list_models()} == {"cnn": "none", "resnet50": "imagenet", "vgg16": "imagenet"}
+    assert resolve_weights("vgg16", None) == "imagenet" and resolve_weights("vgg16", "none") == "none"
+    assert TrainConfig(arch="resnet50").weights == "imagenet" and TrainConfig(arch="cnn").weights == "none"
 
 
 def test_cnn_matches_the_study_table_at_224_px():

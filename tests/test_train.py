@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,39 @@ def test_user_errors_print_one_clear_message(small_download: Path, tmp_path: Pat
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def _offline(tmp_path: Path) -> dict:
+    """An empty torch hub cache and a proxy nobody listens on: torchvision's real download path, offline."""
+    proxy = "http://127.0.0.1:9"
+    return {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "HTTPS_PROXY": proxy, "https_proxy": proxy, "HTTP_PROXY": proxy, "http_proxy": proxy}
+
+
+def test_vgg16_starts_from_imagenet_and_says_how_to_fix_missing_weights(tmp_path: Path):
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "fracture_models.train", "--quiet", "--arch", "vgg16", "--synthetic", "--epochs", "1", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300, env=_offline(tmp_path),
+    )
+    assert time.monotonic() - started < 60
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    needed = tmp_path / "torch" / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    assert "vgg16-397923af.pth" in result.stderr and str(needed) in result.stderr
+    assert "--weights /path/to/vgg16-397923af.pth" in result.stderr and "--weights none" in result.stderr
+    assert not (tmp_path / "out").exists()  # stopped before any work
+
+
+def test_vgg16_trains_from_a_torchvision_state_dict_file(small_download: Path, tmp_path: Path):
+    from torchvision.models import vgg16
+
+    torch.manual_seed(0)
+    path = tmp_path / "vgg16-397923af.pth"
+    torch.save(vgg16().state_dict(), path)
+    result = subprocess.run(
+        [sys.executable, "-m", "fracture_models.train", "--quiet", "--arch", "vgg16", "--weights", str(path), "--data-dir", str(small_download),
+         "--epochs", "1", "--image-size", "32", "--batch-size", "8", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600, env=_offline(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["config"]["weights"] == str(path) and metrics["test"]["num_images"] == 8

@@ -24,6 +24,7 @@ from fracture_models.cli import configure_logging, get_common_parser, resolve_da
 from fracture_models.clinical import DEFAULT_TARGET_SENSITIVITY
 from fracture_models.data import FractureDataset, load_dataset, load_split, resolve_dataset_root
 from fracture_models.errors import UserError
+from fracture_models.models import check_weights_available, resolve_weights
 from fracture_models.records import REDACTED, redact_url, write_json
 from fracture_models.study import BASELINE_HYPERPARAMETERS
 
@@ -117,13 +118,6 @@ def _init_ray(address: str | None) -> None:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     except ConnectionError as exc:
         raise UserError(f"Could not connect to the Ray cluster at {address}: {exc}. Start it with `ray start --head` or drop --address.") from exc
-
-
-def _check_weights(arch: str, weights: str, image_size: int) -> None:
-    """Fail before any trial when the weights cannot be loaded (offline, wrong path)."""
-    from fracture_models.models import create_model
-
-    create_model(arch, weights=weights, image_size=image_size)
 
 
 def _unredacted(url: str | None, flag: str) -> str | None:
@@ -235,8 +229,9 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     if args.resume and not tune.Tuner.can_restore(experiment):
         raise UserError(f"Nothing to resume at {experiment}: check --name and --storage-path.")
 
+    args.weights = resolve_weights(args.arch, args.weights)
+    check_weights_available(args.arch, args.weights)  # before data is generated or decoded
     data_root = resolve_dataset_root(resolve_data_dir(args))
-    _check_weights(args.arch, args.weights, args.image_size)
     # Resources are checked before minutes of decoding, so an impossible request fails at once.
     quiet_libraries()
     _init_ray(args.address)
