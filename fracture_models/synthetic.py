@@ -185,6 +185,13 @@ def _manifest(spec: SyntheticSpec) -> dict:
     return {"generator_version": GENERATOR_VERSION, **asdict(spec)}
 
 
+def is_generated(root: str | Path) -> bool:
+    """True when a dataset folder (the download or either inner folder) was made by `generate`:
+    its numbers are not the real dataset's and must never sit unlabelled beside the study's."""
+    root = Path(root)
+    return any((folder / MANIFEST).is_file() for folder in (root, *list(root.parents)[:2]))
+
+
 def ensure_generated(out_dir: str | Path, spec: SyntheticSpec) -> Path:
     """Generate unless OUT_DIR already holds exactly this spec; returns OUT_DIR."""
     out = Path(out_dir)

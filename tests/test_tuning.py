@@ -75,8 +75,21 @@ def test_search_runs_baseline_first_stops_early_and_tests_only_the_winner(ray_se
 
     # Selection on validation; the test split reaches no trial and is evaluated once, for the winner.
     assert summary["metric"] == "val_fracture_f1" and summary["job"]["scheduler"]["rung_metric"] == "val_loss"
-    assert summary["best_trial"]["checkpoint_score"] == max(r["checkpoint_score"] for r in summary["trials"])
-    assert summary["test_evaluated_for"] == summary["best_trial"]["trial_id"]
+    completed = [r for r in summary["trials"] if r["status"] == "completed"]
+    assert summary["best_trial"]["checkpoint_score"] == max(r["checkpoint_score"] for r in completed)
+    # Optuna holds each completed trial's best epoch (the score the project selects on), so its best
+    # trial, and optuna-dashboard's, is the search's best single run.
+    assert study.metric_names == ["val_fracture_f1"]
+    assert study.best_trial.user_attrs[RAY_TRIAL_ID] == summary["best_trial"]["trial_id"]
+    for trial in trials:
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            row = next(r for r in summary["trials"] if r["trial_id"] == trial.user_attrs[RAY_TRIAL_ID])
+            assert trial.value == pytest.approx(row["checkpoint_score"])
+            assert trial.value == max(r["checkpoint_score"] for r in trial_results(Path(row["path"])))
+    # 25% of the 4-epoch budget's trained epochs holds no confirmation run here: the best single run is tested.
+    assert summary["confirmation"]["planned"] == [] and summary["confirmation"]["winner"] == summary["best_trial"]["trial_id"]
+    assert summary["test_evaluated_for"] == summary["best_trial"]["trial_id"] == summary["tested_trial"]["trial_id"]
+    assert summary["generated_data"] is True
     assert summary["test"]["num_images"] == 16
     for row in summary["trials"]:
         keys = _reported_keys(Path(row["path"]))
@@ -244,3 +257,44 @@ def test_sampler_seed_changes_the_configs_not_how_a_config_trains(ray_session, t
         reports[sampler_seed] = json.loads((tmp_path / name / "summary.json").read_text())["baseline_trial"]["best_value"]
     assert reports["0"] == reports["1"]
     assert configs["0"] != configs["1"]
+
+
+def test_confirmation_retrains_the_top_configurations_and_the_baseline_and_tests_the_best_mean(ray_session, tiny_download: Path, tmp_path: Path):
+    from mlflow import MlflowClient
+
+    from tuning.tracking import experiment_name, resolve_tracking_uri
+
+    code = main(_args(tiny_download, tmp_path, "confirmed", "--num-samples", "3", "--epochs", "2", "--scheduler", "none",
+                      "--confirm-top", "1", "--confirm-seeds", "1", "--confirm-budget", "1.0"))
+    assert code == 0
+    summary = json.loads((tmp_path / "confirmed" / "summary.json").read_text())
+    confirmation = summary["confirmation"]
+    # The best searched configuration and the baseline, each with one more seed (2 runs x 2 epochs of a 6-epoch search).
+    configurations = {c["trial_id"]: c for c in confirmation["configurations"]}
+    assert len(configurations) == 2 and summary["baseline_trial"]["trial_id"] in configurations
+    assert sorted((r["confirms"], r["seed"]) for r in confirmation["planned"]) == sorted((k, 1) for k in configurations)
+    assert confirmation["extra_epochs"] == 4 and confirmation["extra_fraction"] == pytest.approx(4 / 6)
+    assert confirmation["seeds"] == [0, 1]
+    for c in configurations.values():
+        assert [r["seed"] for r in c["runs"]] == [0, 1] and c["n"] == 2
+    means = {k: c["mean"] for k, c in configurations.items()}
+    assert confirmation["winner"] == max(means, key=means.get)
+    assert summary["test_evaluated_for"] == confirmation["tested_run"] == confirmation["winner"]
+    if not configurations[confirmation["winner"]]["is_baseline"]:
+        assert confirmation["difference_vs_baseline"]["n"] == 2
+    assert (tmp_path / "confirmed" / "confirmation.csv").read_text().startswith("configuration,is_baseline,winner,lr")
+
+    # Confirmation runs are never Optuna trials; in MLflow they are nested runs tagged role=confirmation.
+    assert len(_study(tmp_path, "confirmed").trials) == 3
+    client = MlflowClient(resolve_tracking_uri(None))
+    experiment = client.get_experiment_by_name(experiment_name("cnn"))
+    parent = client.search_runs([experiment.experiment_id], "tags.role = 'search' and tags.job_name = 'confirmed'")[0]
+    runs = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.role = 'confirmation'")
+    assert sorted(r.data.params["seed"] for r in runs) == ["1", "1"] and all(r.info.status == "FINISHED" for r in runs)
+    assert {r.data.tags["confirms"] for r in runs} == set(configurations)
+    assert parent.data.metrics["confirm_winner_mean"] == pytest.approx(means[confirmation["winner"]])
+    assert parent.data.tags["confirm_winner"] == confirmation["winner"]
+
+    # --confirm-top 0 turns the stage off.
+    assert main(_args(tiny_download, tmp_path, "unconfirmed", "--num-samples", "1", "--epochs", "1", "--scheduler", "none", "--confirm-top", "0")) == 0
+    assert json.loads((tmp_path / "unconfirmed" / "summary.json").read_text())["confirmation"] is None

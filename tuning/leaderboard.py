@@ -49,6 +49,8 @@ class Job:
     link: str
     data_fingerprint: str
     image_size: str
+    confirmed: str = "-"  # the winner's mean +- sd over training seeds (its confirmation), where it has one
+    generated_data: bool = False
     rank: int | None = None
 
 
@@ -59,6 +61,10 @@ class Group:
     data_fingerprint: str
     image_size: str
     jobs: list[Job] = field(default_factory=list)
+
+    @property
+    def generated_data(self) -> bool:
+        return any(job.generated_data for job in self.jobs)
 
 
 def ui_base(tracking_uri: str) -> str | None:
@@ -87,8 +93,18 @@ def collect_jobs(client, tracking_uri: str, metric: str, *, arch: str | None = N
             date=datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M"),
             link=f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" if base else run.info.run_id,
             data_fingerprint=tags.get("data_fingerprint", "?"), image_size=tags.get("image_size", "?"),
+            confirmed=_confirmed(metrics) if not metric.startswith("test_") else "-", generated_data=tags.get("generated_data") == "true",
         ))
     return jobs
+
+
+def _confirmed(metrics: dict) -> str:
+    """'mean +- sd (n seeds)' of the job's confirmed winner, from its parent run's confirm_* metrics."""
+    if "confirm_winner_mean" not in metrics:
+        return "-"
+    runs = int(metrics.get("confirm_winner_runs", 1))
+    sd = f" ± {metrics['confirm_winner_sd']:.4f}" if "confirm_winner_sd" in metrics else ""
+    return f"{metrics['confirm_winner_mean']:.4f}{sd} ({runs} seed{'s' if runs != 1 else ''})"
 
 
 def _all_runs(client, experiment_ids: list[str], query: str) -> Iterable:
@@ -143,35 +159,36 @@ def study_rows(arch: str | None) -> list[dict]:
     return rows
 
 
-HEADERS = ("rank", "team", "user", "arch", "job", "best", "test acc", "sens", "spec", "F1", "trials", "stopped", "trial-h", "GPU-h", "date", "link")
+HEADERS = ("rank", "team", "user", "arch", "job", "best", "confirmed", "test acc", "sens", "spec", "F1", "trials", "stopped", "trial-h", "GPU-h", "date", "link")
 
 
 def _cells(job: Job) -> list[str]:
     test = [f"{job.test[k]:.4f}" if k in job.test else "-" for k in TEST_COLUMNS]
-    return [str(job.rank), job.team, job.user, job.arch, job.job, f"{job.value:.4f}", *test, str(job.trials), str(job.stopped_early),
+    return [str(job.rank), job.team, job.user, job.arch, job.job, f"{job.value:.4f}", job.confirmed, *test, str(job.trials), str(job.stopped_early),
             f"{job.trial_hours:.2f}", f"{job.gpu_hours:.2f}", job.date, job.link]
 
 
 def _study_cells(row: dict) -> list[str]:
     test = [f"{row[k]:.4f}" for k in TEST_COLUMNS]
     reported = f"the study: precision {row['reported_precision']:.4f}, recall {row['reported_recall']:.4f}, F1 {row['reported_f1']:.4f}"
-    return ["study", "(reported)", "-", row["arch"], reported, "-", *test, "-", "-", "-", "-", "-", "-"]
+    return ["study", "(reported)", "-", row["arch"], reported, "-", "-", *test, "-", "-", "-", "-", "-", "-"]
 
 
 def _caption(group: Group, metric: str) -> str:
-    return f"Data {group.data_fingerprint[:12]}, {group.image_size} px: ranked by {metric}"
+    data = "Generated data" if group.generated_data else "Data"
+    return f"{data} {group.data_fingerprint[:12]}, {group.image_size} px: ranked by {metric}"
 
 
 def render(groups: list[Group], study: list[dict], metric: str, fmt: str, empty_hint: str) -> str:
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(["group_data_fingerprint", "group_image_size", *HEADERS])
+        writer.writerow(["group_data_fingerprint", "group_image_size", "group_generated_data", *HEADERS])
         for group in groups:
             for job in group.jobs:
-                writer.writerow([group.data_fingerprint, group.image_size, *_cells(job)])
+                writer.writerow([group.data_fingerprint, group.image_size, str(group.generated_data).lower(), *_cells(job)])
         for row in study:
-            writer.writerow(["", "", *_study_cells(row)])
+            writer.writerow(["", "", "", *_study_cells(row)])
         return out.getvalue()
     if fmt == "html":
         return render_html(groups, study, metric, empty_hint)

@@ -27,6 +27,8 @@ from fracture_models.errors import UserError
 from fracture_models.models import check_weights_available, resolve_weights
 from fracture_models.records import REDACTED, redact_url, write_json
 from fracture_models.study import BASELINE_HYPERPARAMETERS
+from fracture_models.synthetic import is_generated
+from tuning.confirmation import DEFAULT_BUDGET, DEFAULT_EXTRA_SEEDS, DEFAULT_TOP
 
 logger = logging.getLogger("tuning.run")
 
@@ -86,6 +88,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="the winner's operating threshold is chosen on validation to reach this fracture sensitivity (default: %(default)s)",
     )
     job.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)")
+    confirm = parser.add_argument_group("confirmation (selection above the seed-to-seed noise)")
+    confirm.add_argument(
+        "--confirm-top", type=int, default=DEFAULT_TOP,
+        help="after the search, retrain this many of its best configurations and the baseline with more training seeds, "
+        "and choose the winner by the mean over seeds; 0 turns confirmation off (default: %(default)s)",
+    )
+    confirm.add_argument("--confirm-seeds", type=int, default=DEFAULT_EXTRA_SEEDS, help="extra training seeds per confirmed configuration (default: %(default)s)")
+    confirm.add_argument(
+        "--confirm-budget", type=float, default=DEFAULT_BUDGET,
+        help="most epochs confirmation may train, as a fraction of the epochs the search trained (default: %(default)s)",
+    )
     return parser
 
 
@@ -100,6 +113,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise UserError("--max-concurrent and --max-failures must be >= 0.")
     if not 0 < args.target_sensitivity <= 1:  # checked now, not after hours of training
         raise UserError(f"--target-sensitivity must be in (0, 1], got {args.target_sensitivity}.")
+    if args.confirm_top < 0 or args.confirm_seeds < 0 or not 0 <= args.confirm_budget < math.inf:
+        raise UserError("--confirm-top and --confirm-seeds must be >= 0, and --confirm-budget a fraction >= 0.")
 
 
 def _experiment_path(args: argparse.Namespace, name: str) -> str:
@@ -163,6 +178,8 @@ def _job_record(args: argparse.Namespace, name: str, metric: str, mode: str, dat
                       "rung_epochs": rung_epochs(args.epochs, args.grace_period, args.rung_epochs)},
         "search_space": describe(search_space(args.arch)),
         "baseline": dict(BASELINE_HYPERPARAMETERS),
+        "confirmation": {"top": args.confirm_top, "extra_seeds": args.confirm_seeds, "budget": args.confirm_budget},
+        "generated_data": is_generated(data_root),
         "git_commit": git_commit(),
         "package_versions": package_versions(),
     }
@@ -200,6 +217,69 @@ def _publish(folder: Path, uri: str) -> None:
     pyarrow.fs.copy_files(str(folder), uri)
 
 
+class ConfirmationInterrupted(Exception):
+    """The confirmation runs stopped before all of them ended (Ctrl-C)."""
+
+
+def _resume_hint(job: dict, args: argparse.Namespace) -> str:
+    return f"Continue with: python -m tuning.run --arch {job['arch']} --name {job['name']} --storage-path {args.storage_path} --resume ..."
+
+
+def _rows_by_result(results, rows: list[dict]) -> list[dict]:
+    """`rows` (ranked) in the order of `results`."""
+    from tuning.summary import trial_id_of
+
+    by_id = {row["trial_id"]: row for row in rows}
+    return [by_id[trial_id_of(r)] for r in results]
+
+
+def _fit_confirmation(runs: list, trainable, experiment: str, job: dict, tracker, gpus: float, args: argparse.Namespace):
+    """Train the planned confirmation runs as a Tune experiment of their own, <experiment>/confirmation:
+    full length (no scheduler), no searcher (never Optuna trials), each a nested MLflow run
+    tagged role=confirmation. An interrupted confirmation continues under --resume."""
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from tuning.checkpoints import DropOptimizerState
+    from tuning.confirmation import CONFIRMATION_DIR, CONFIRMS
+    from tuning.progress import search_progress, trial_name
+    from tuning.search_space import baseline_point
+    from tuning.tracking import CONFIRMATION_ROLE, MlflowLoggingCallback
+    from tuning.trainable import CHECKPOINT_SCORE
+
+    metric, mode = job["metric"], job["mode"]
+    path = f"{experiment}/{CONFIRMATION_DIR}"
+    keys = [*baseline_point(), "seed", CONFIRMS]
+    logger.info("Confirmation: %d runs of the top configurations and the baseline with more seeds", len(runs))
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={key: None for key in keys},  # every value comes from the planned points
+            tune_config=tune.TuneConfig(
+                metric=metric, mode=mode, search_alg=BasicVariantGenerator(points_to_evaluate=[run.config() for run in runs]),
+                num_samples=len(runs), max_concurrent_trials=args.max_concurrent or None, reuse_actors=True,
+                trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+            ),
+            run_config=tune.RunConfig(
+                name=CONFIRMATION_DIR,
+                storage_path=experiment,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=CHECKPOINT_SCORE, checkpoint_score_order=mode),
+                failure_config=tune.FailureConfig(max_failures=args.max_failures),
+                progress_reporter=search_progress(metric),
+                callbacks=[MlflowLoggingCallback(tracker, keys, role=CONFIRMATION_ROLE), DropOptimizerState()],
+                verbose=1,
+            ),
+        )
+    results = tuner.fit()
+    tracker.reload_outbox()
+    unfinished = [r for r in results if not r.error and int((r.metrics or {}).get("training_iteration") or 0) < job["epochs"]]
+    if unfinished:
+        raise ConfirmationInterrupted(f"{len(results) - len(unfinished)} of {len(results)} runs ended")
+    return results
+
+
 def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> int:
     """The whole job; returns the exit code. `callbacks` are extra Ray Tune callbacks."""
     import optuna
@@ -211,8 +291,10 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     from tuning.schedulers import make_scheduler
     from tuning.search_space import baseline_point, search_space
     from tuning.searcher import LOST_WITH_DRIVER, RAY_TRIAL_ID, make_searcher, open_storage
+    from tuning.confirmation import CONFIRMS, run_confirmation
     from tuning.summary import (
-        best_checkpoint_dir, evaluate_winner, format_summary, is_baseline, study_reference, trial_rows, where_to_look, write_report,
+        best_checkpoint_dir, best_single_run, evaluate_winner, format_summary, is_baseline, study_reference, trial_id_of, trial_rows,
+        where_to_look, write_report,
     )
     from tuning.trainable import CHECKPOINT_SCORE, train_fracture_model
     from tuning.tracking import (
@@ -255,7 +337,7 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
         for key in ("arch", "data_fingerprint", "image_size", "epochs", "metric"):
             if previous.get(key) != job[key]:
                 raise UserError(f"--resume of {name}: {key} was {previous.get(key)!r}, now {job[key]!r}. Resume with the same data and settings.")
-        job = previous
+        job = {"confirmation": job["confirmation"], "generated_data": job["generated_data"], **previous}  # a job.json from before these keys
 
     optuna_url = args.optuna_storage or _unredacted(job.get("optuna_storage"), "--optuna-storage") or (f"sqlite:///{experiment}/optuna.db" if local else None)
     if optuna_url is None:
@@ -331,21 +413,42 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     finished = [t for t in study.trials if t.state.is_finished() and not t.user_attrs.get(LOST_WITH_DRIVER)]
     total = job["num_samples"]
     if len(finished) < total:
-        print(
-            f"\nStopped with {len(finished)} of {total} trials finished; nothing is lost.\n"
-            f"Continue with: python -m tuning.run --arch {job['arch']} --name {job['name']} --storage-path {args.storage_path} --resume ...",
-            file=sys.stderr,
-        )
+        print(f"\nStopped with {len(finished)} of {total} trials finished; nothing is lost.\n{_resume_hint(job, args)}", file=sys.stderr)
         tracker.job_interrupted()
         return 130
 
-    rows = trial_rows(results, baseline_point().keys(), metric, mode, job["epochs"])
-    best = rows[0]
+    names = list(baseline_point())
+    rows = trial_rows(results, names, metric, mode, job["epochs"], tie_order={t.user_attrs.get(RAY_TRIAL_ID): t.number for t in study.trials})
+    best = best_single_run(rows)
     if math.isnan(best[CHECKPOINT_SCORE]):
         raise UserError(f"No trial of {job['name']} finished an epoch; see the trial errors under {experiment}.")
-    winner = next(r for r in results if r.path == best["path"])
+
+    confirmed: dict = {}  # trial id -> (row, Tune result) of each confirmation run
+
+    def train_confirmation(runs: list) -> list[dict]:
+        confirm_results = _fit_confirmation(runs, trainable, experiment, job, tracker, gpus, args)
+        confirm_rows = trial_rows(confirm_results, [*names, "seed", CONFIRMS], metric, mode, job["epochs"])
+        confirmed.update({trial_id_of(r): (row, r) for r, row in zip(confirm_results, _rows_by_result(confirm_results, confirm_rows))})
+        return confirm_rows
+
+    confirmation = None
+    if job["confirmation"]["top"] > 0:
+        try:
+            confirmation = run_confirmation(
+                rows, names=names, baseline=baseline_point(), seed=job["seed"], mode=mode, metric=metric, epochs=job["epochs"],
+                epochs_trained=sum(r["epochs"] for r in rows), top=job["confirmation"]["top"],
+                extra_seeds=job["confirmation"]["extra_seeds"], budget=job["confirmation"]["budget"], train=train_confirmation,
+            )
+        except ConfirmationInterrupted as stopped:
+            print(f"\nStopped during confirmation ({stopped}); nothing is lost.\n{_resume_hint(job, args)}", file=sys.stderr)
+            tracker.job_interrupted()
+            return 130
+    tested_id = (confirmation or {}).get("tested_run") or best["trial_id"]
+    tested_row, tested_result = confirmed.get(tested_id) or (
+        next(r for r in rows if r["trial_id"] == tested_id), next(r for r in results if trial_id_of(r) == tested_id)
+    )
     test_split = load_split(data_root, "test", job["image_size"], cache_dir=args.cache_dir, max_bad_fraction=args.max_bad_fraction)
-    winner_checkpoint = best_checkpoint_dir(winner, mode)
+    winner_checkpoint = best_checkpoint_dir(tested_result, mode)
     report_dir = Path(experiment) if local else tracker.files_dir("report")
     test, clinical, winner_files = evaluate_winner(
         winner_checkpoint, dataset.val, test_split, job["batch_size"], report_dir, target_sensitivity=args.target_sensitivity, seed=job["seed"],
@@ -368,8 +471,11 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
         "baseline": baseline_point(),
         "baseline_trial": next((r for r in rows if is_baseline(r, baseline_point())), None),
         "best_trial": best,
+        "confirmation": confirmation,
+        "tested_trial": tested_row,
         "test": test,
-        "test_evaluated_for": best["trial_id"],
+        "test_evaluated_for": tested_id,
+        "generated_data": job["generated_data"],
         "clinical": clinical,
         "study_reported": study_reference(job["arch"]),
         "trials": rows,

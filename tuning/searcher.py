@@ -2,7 +2,10 @@
 
 Stock `OptunaSearch` tells Optuna COMPLETE for a trial that ASHA stopped early, with its last
 (partial) value. Here such a trial is told PRUNED instead, so TPE and optuna-dashboard see it
-for what it is, and each Optuna trial carries its Ray Tune trial id.
+for what it is, and each Optuna trial carries its Ray Tune trial id. A trial that completes is
+told the score the project selects on, its best epoch's (`checkpoint_score`), not its last
+epoch's, so TPE learns from that number and Optuna's best trial is the search's best trial. The
+objective carries the metric's name.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 from tuning.search_space import Range, baseline_point, to_optuna
+from tuning.trainable import CHECKPOINT_SCORE
 
 RAY_TRIAL_ID = "ray_trial_id"
 LOST_WITH_DRIVER = "lost_with_driver"  # user attr of an Optuna trial whose driver died before Tune saved it
@@ -29,6 +33,17 @@ class StudyAwareOptunaSearch(OptunaSearch):
     def __init__(self, *args, max_epochs: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
+        self._best_scores: dict[str, float] = {}  # trial id -> its best epoch's checkpoint score so far
+        with warnings.catch_warnings():  # experimental in older Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._ot_study.set_metric_names([self._metric])
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        super().on_trial_result(trial_id, result)
+        score = result.get(CHECKPOINT_SCORE)
+        best = self._best_scores.get(trial_id)
+        if score is not None and (best is None or (score > best if self._mode == "max" else score < best)):
+            self._best_scores[trial_id] = float(score)
 
     def suggest(self, trial_id: str):
         config = super().suggest(trial_id)
@@ -38,6 +53,7 @@ class StudyAwareOptunaSearch(OptunaSearch):
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
+        self.__dict__.setdefault("_best_scores", {})  # saved by a version that told Optuna the last epoch
         self._requeue_lost_trials()
 
     def _requeue_lost_trials(self) -> None:
@@ -68,6 +84,9 @@ class StudyAwareOptunaSearch(OptunaSearch):
             and result.get(TRAINING_ITERATION, self._max_epochs) < self._max_epochs
         )
         if not stopped_early:
+            best = self._best_scores.get(trial_id)
+            if result is not None and not error and best is not None:
+                result = {**result, self._metric: best}
             return super().on_trial_complete(trial_id, result, error)
         ot_trial = self._ot_trials[trial_id]
         ot_trial.set_user_attr("stopped_at_epoch", int(result[TRAINING_ITERATION]))

@@ -22,6 +22,8 @@ from fracture_models.study import STUDY_TEST_RESULTS
 from tuning.trainable import CHECKPOINT_FILE, CHECKPOINT_SCORE
 
 SUMMARY_FILE = "summary.json"
+CONFIRMATION_FILE = "confirmation.csv"
+GENERATED_DATA_LABEL = "generated data"
 CURVES_FILE = "learning_curves.png"
 TEST_CONFUSION_FILE = "test_confusion_matrix.png"
 TRIALS_FILE = "trials.csv"
@@ -41,11 +43,14 @@ def trial_id_of(result) -> str:
     return (result.metrics or {}).get("trial_id") or Path(result.path).name
 
 
-def trial_rows(results: Iterable, hyperparameters: Iterable[str], metric: str, mode: str, max_epochs: int) -> list[dict]:
+def trial_rows(
+    results: Iterable, hyperparameters: Iterable[str], metric: str, mode: str, max_epochs: int, tie_order: Mapping[str, int] | None = None,
+) -> list[dict]:
     """One row per trial, best first: its hyperparameters, best validation value and epoch, how it ended.
 
     A trial's best epoch is the one with the best checkpoint score (the metric, demoted where the
     model answered one class for every image), the same rule that chose which checkpoints to keep.
+    Equal scores keep `tie_order` (trial id -> Optuna trial number: the earlier trial first).
     """
     names = list(hyperparameters)
     rows = []
@@ -79,8 +84,16 @@ def trial_rows(results: Iterable, hyperparameters: Iterable[str], metric: str, m
         )
     scored = [r for r in rows if not math.isnan(r[CHECKPOINT_SCORE])]
     unscored = [r for r in rows if math.isnan(r[CHECKPOINT_SCORE])]
-    scored.sort(key=lambda r: r[CHECKPOINT_SCORE], reverse=mode == "max")
+    order = tie_order or {}
+    sign = -1 if mode == "max" else 1
+    scored.sort(key=lambda r: (sign * r[CHECKPOINT_SCORE], order.get(r["trial_id"], len(order))))
     return scored + unscored
+
+
+def best_single_run(rows: list[dict]) -> dict:
+    """The best trial that ran the whole budget, as Optuna sees it: an early-stopped trial is
+    PRUNED there, a partial run. Falls back to the best row when no trial completed."""
+    return next((r for r in rows if r["status"] == "completed"), rows[0])
 
 
 def best_checkpoint_dir(result, mode: str) -> Path:
@@ -150,12 +163,16 @@ def format_summary(summary: dict, top: int = 5) -> str:
     for row in summary["trials"][:top]:
         values = [row["trial_id"][-12:], *[f"{row[n]:.4g}" for n in names], f"{row['best_value']:.4f}", str(row["best_epoch"]), row["status"]]
         lines.append("  " + "  ".join(f"{v:>12}" for v in values))
-    best, base = summary["best_trial"], summary.get("baseline_trial")
-    lines += ["", f"{'':>14}{'best':>12}{'baseline':>12}"]
+    best, base = summary.get("tested_trial") or summary["best_trial"], summary.get("baseline_trial")
+    lines += ["", f"{'':>14}{'winner':>12}{'baseline':>12}"]
     for n in names:
         lines.append(f"{n:>14}{best[n]:>12.4g}{summary['baseline'][n]:>12.4g}")
     if base:
         lines.append(f"{metric:>14}{best['best_value']:>12.4f}{base['best_value']:>12.4f}")
+    if summary.get("confirmation"):
+        from tuning.confirmation import format_confirmation
+
+        lines += ["", *format_confirmation(summary["confirmation"])]
     if summary.get("trials_lost_with_driver"):
         lost = len(summary["trials_lost_with_driver"])
         lines += ["", f"{lost} trial(s) started just before the driver died and could not resume; each ran again "
@@ -163,7 +180,10 @@ def format_summary(summary: dict, top: int = 5) -> str:
     if best.get("predicts_one_class"):
         lines += ["", "Warning: every trial's model gave all validation images one answer; none tells the classes apart. Train longer (--epochs)."]
     test, study = summary["test"], summary.get("study_reported") or {}
-    lines += ["", f"Winner on test (once, {test['num_images']} images, positive class '{test['positive_class']}'):", f"{'':>24}{'winner':>10}{'study':>10}"]
+    lines += ["", f"Winner on test (once, {test['num_images']} images, positive class '{test['positive_class']}'):"]
+    if summary.get("generated_data"):
+        lines.append(f"  {GENERATED_DATA_LABEL}: not comparable with the study's numbers, which are on the real X-rays.")
+    lines.append(f"{'':>24}{'winner':>10}{'study':>10}")
     for key, label in [("accuracy", "accuracy"), ("fracture_sensitivity", "fracture sensitivity"), ("fracture_specificity", "fracture specificity"), ("fracture_f1", "fracture F1"), ("roc_auc", "ROC AUC")]:
         reference = study.get(key)
         lines.append(f"{label:>24}{test[key]:>10.4f}{(f'{reference:.4f}' if reference is not None else '-'):>10}")
@@ -210,6 +230,8 @@ def write_report(folder: Path, summary: dict, results: Iterable, study) -> list[
     table = pd.DataFrame(summary["trials"]).drop(columns=["path"])
     table.to_csv(folder / TRIALS_FILE, index=False)
     files.append(folder / TRIALS_FILE)
+    if summary.get("confirmation"):
+        files.append(write_confirmation_table(summary["confirmation"], folder / CONFIRMATION_FILE))
     metric, curves = summary["metric"], {}
     for result in results:
         history = result.metrics_dataframe
@@ -220,6 +242,18 @@ def write_report(folder: Path, summary: dict, results: Iterable, study) -> list[
     files.append(plot_confusion_matrix(summary["test"]["confusion_matrix"], folder / TEST_CONFUSION_FILE, title=f"{summary['arch']}: winner on test"))
     files += optuna_plots(study, folder)
     return files
+
+
+def write_confirmation_table(confirmation: Mapping, path: Path) -> Path:
+    """One row per run of each confirmed configuration, with the configuration's mean and sd."""
+    rows = [
+        {"configuration": c["trial_id"], "is_baseline": c["is_baseline"], "winner": c["trial_id"] == confirmation["winner"],
+         **c["hyperparameters"], "seed": r["seed"], "run": r["trial_id"], "search_run": r["search_run"], confirmation["metric"]: r["value"],
+         "mean": c["mean"], "sd": c["sd"], "runs": c["n"]}
+        for c in confirmation["configurations"] for r in c["runs"]
+    ]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
 
 
 def optuna_plots(study, folder: Path) -> list[Path]:

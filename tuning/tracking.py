@@ -30,6 +30,7 @@ from fracture_models.errors import UserError
 from fracture_models.metrics import confusion_from_counts, selection_score
 from fracture_models.plots import plot_confusion_matrix, plot_loss_curves
 from fracture_models.records import REDACTED, redact_url
+from tuning.confirmation import CONFIRMS
 
 logger = logging.getLogger("tuning.tracking")
 
@@ -41,6 +42,7 @@ JOB_TAG = "job_name"
 RETRY_AFTER_S = 5.0
 # Ray's bookkeeping keys are not metrics of the model.
 _REPORTED_PREFIXES = ("train_", "val_")
+CONFIRMATION_ROLE = "confirmation"
 
 
 def experiment_name(arch: str) -> str:
@@ -282,6 +284,7 @@ class SearchTracker:
         return {
             "role": "search",
             JOB_TAG: job["name"],
+            "generated_data": str(bool(job.get("generated_data"))).lower(),
             "arch": job["arch"],
             "team": job["team"],
             "user": job["user"],
@@ -308,8 +311,9 @@ class SearchTracker:
         params.update({f"scheduler_{k}": v for k, v in self.job["scheduler"].items()})
         return params
 
-    def _run_for(self, trial_id: str, params: Mapping | None = None) -> str:
-        """The child run of a trial: the cached one, one found by tag, or a new one."""
+    def _run_for(self, trial_id: str, params: Mapping | None = None, role: str = "trial") -> str:
+        """The child run of a trial (role `trial`) or of a confirmation run (role `confirmation`):
+        the cached one, one found by tag, or a new one."""
         if trial_id in self._runs:
             return self._runs[trial_id]
         found = self.client.search_runs(
@@ -321,19 +325,22 @@ class SearchTracker:
             run_id = found[0].info.run_id
         else:
             tags = {
-                "mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial_id, "role": "trial", JOB_TAG: self.job["name"],
+                "mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial_id, "role": role, JOB_TAG: self.job["name"],
                 "arch": self.job["arch"], "team": self.job["team"], "user": self.job["user"],
                 "data_fingerprint": self.job["data_fingerprint"], "state": "running",
             }
-            run_id = self.client.create_run(self._experiment(), run_name=f"trial_{trial_id}", tags=tags).info.run_id
+            if role == CONFIRMATION_ROLE and params and params.get(CONFIRMS):
+                tags[CONFIRMS] = str(params[CONFIRMS])
+            run_name = f"{'confirm' if role == CONFIRMATION_ROLE else 'trial'}_{trial_id}"
+            run_id = self.client.create_run(self._experiment(), run_name=run_name, tags=tags).info.run_id
             fixed = {k: self.job[k] for k in ("arch", "epochs", "image_size", "batch_size", "weights", "seed")}
             self.client.log_batch(run_id, params=_params({**fixed, **(params or {})}))
         self._runs[trial_id] = run_id
         return run_id
 
     # -- operations (replayable; fields are JSON) -------------------------------------------
-    def _op_trial_start(self, trial_id: str, params: dict) -> None:
-        self._run_for(trial_id, params)
+    def _op_trial_start(self, trial_id: str, params: dict, role: str = "trial") -> None:
+        self._run_for(trial_id, params, role)
 
     def _op_metrics(self, trial_id: str | None, step: int, metrics: dict, timestamp_ms: int) -> None:
         from mlflow.entities import Metric
@@ -373,8 +380,8 @@ class SearchTracker:
             self.client.set_terminated(found[0].info.run_id, "KILLED")
 
     # -- what the search calls ----------------------------------------------------------------
-    def trial_started(self, trial_id: str, params: Mapping) -> None:
-        self.submit("trial_start", trial_id=trial_id, params=dict(params))
+    def trial_started(self, trial_id: str, params: Mapping, role: str = "trial") -> None:
+        self.submit("trial_start", trial_id=trial_id, params=dict(params), role=role)
 
     def trial_result(self, trial_id: str, result: Mapping) -> None:
         metrics = {("learning_rate" if k == "lr" else k): v for k, v in result.items()
@@ -414,17 +421,19 @@ class SearchTracker:
         test.update(trial_hours=summary["trial_hours"], gpu_hours=summary["gpu_hours"], trials=summary["num_trials"],
                     trials_stopped_early=summary["trials_stopped_early"], epochs_trained=summary["epochs_trained"],
                     **{f"best_{summary['metric']}": summary["best_trial"]["best_value"]})
+        test.update(confirmation_metrics(summary.get("confirmation")))
         self.submit("metrics", trial_id=None, step=0, metrics=test, timestamp_ms=int(time.time() * 1000))
-        best = summary["best_trial"]
-        self.submit("tags", trial_id=None, tags={
-            "best_trial": best["trial_id"], "epochs_budget": summary["epochs_budget"], "image_size": self.job["image_size"],
-        })
+        best, tested = summary["best_trial"], summary.get("tested_trial") or summary["best_trial"]
+        tags = {"best_trial": best["trial_id"], "epochs_budget": summary["epochs_budget"], "image_size": self.job["image_size"]}
+        if summary.get("confirmation"):
+            tags.update(confirm_winner=summary["confirmation"]["winner"], confirm_verdict=summary["confirmation"]["verdict"])
+        self.submit("tags", trial_id=None, tags=tags)
         for path in report_files:
             self.submit("artifact", trial_id=None, path=str(path), artifact_path="report")
         if model_dir is not None:
             self.submit("register", model_dir=str(model_dir), description={
-                "metric": summary["metric"], "mode": summary["mode"], "value": best["best_value"],
-                "data_fingerprint": self.job["data_fingerprint"], "trial_id": best["trial_id"], "job_name": self.job["name"],
+                "metric": summary["metric"], "mode": summary["mode"], "value": tested["best_value"],
+                "data_fingerprint": self.job["data_fingerprint"], "trial_id": tested["trial_id"], "job_name": self.job["name"],
                 "team": self.job["team"], "test_accuracy": summary["test"]["accuracy"],
                 "test_fracture_f1": summary["test"]["fracture_f1"],
             })
@@ -541,6 +550,22 @@ def save_winner_model(checkpoint_dir: Path, out_dir: Path) -> Path:
     return out_dir
 
 
+def confirmation_metrics(confirmation: Mapping | None) -> dict[str, float]:
+    """The parent run's `confirm_*` metrics: the winner's and the baseline's mean and sd over
+    seeds, and the paired difference with its 95% interval, where they exist."""
+    if not confirmation:
+        return {}
+    out: dict[str, float] = {"confirm_extra_epochs": confirmation["extra_epochs"], "confirm_extra_fraction": confirmation["extra_fraction"]}
+    for c in confirmation["configurations"]:
+        for name, wanted in (("winner", c["trial_id"] == confirmation["winner"]), ("baseline", c["is_baseline"])):
+            if wanted:
+                out.update({f"confirm_{name}_mean": c["mean"], f"confirm_{name}_sd": c["sd"], f"confirm_{name}_runs": c["n"]})
+    difference = confirmation.get("difference_vs_baseline")
+    if difference:
+        out.update(confirm_difference=difference["mean"], confirm_difference_ci_low=difference["ci95"][0], confirm_difference_ci_high=difference["ci95"][1])
+    return {k: float(v) for k, v in out.items() if _is_number(v)}
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -554,13 +579,14 @@ def _params(values: Mapping) -> list:
 class MlflowLoggingCallback(tune.Callback):
     """Ray Tune events -> the job's MLflow runs, on the driver."""
 
-    def __init__(self, tracker: SearchTracker, hyperparameters: Iterable[str]) -> None:
+    def __init__(self, tracker: SearchTracker, hyperparameters: Iterable[str], role: str = "trial") -> None:
         self.tracker = tracker
         self.hyperparameters = list(hyperparameters)
+        self.role = role  # "trial" for the search's trials, CONFIRMATION_ROLE for confirmation runs
         self.histories: dict[str, list[dict]] = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.tracker.trial_started(trial.trial_id, {k: trial.config.get(k) for k in self.hyperparameters})
+        self.tracker.trial_started(trial.trial_id, {k: trial.config.get(k) for k in self.hyperparameters}, role=self.role)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         row = {k: v for k, v in result.items() if k == "training_iteration" or k == "lr" or k.startswith(_REPORTED_PREFIXES)}
