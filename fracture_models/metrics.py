@@ -8,7 +8,9 @@ columns = predicted class) and `per_class` (scikit-learn's report with support).
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping, Sequence
 
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
@@ -29,6 +31,48 @@ SCALAR_METRICS = (
     "false_alarms",
     "true_negatives",
 )
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What the platform knows of a metric: the one place its mode and names are stated."""
+
+    name: str  # without a split prefix: "fracture_f1" is reported as val_fracture_f1 and test_fracture_f1
+    mode: str  # "max" or "min": which way is better
+    thresholded: bool  # depends on the 0.5 decision threshold (a poor early ranking signal)
+    display: str
+
+
+CATALOGUE: Mapping[str, Metric] = MappingProxyType({m.name: m for m in (
+    Metric("fracture_f1", "max", True, "fracture F1"),
+    Metric("accuracy", "max", True, "accuracy"),
+    Metric("roc_auc", "max", False, "ROC AUC"),
+    Metric("fracture_sensitivity", "max", True, "fracture sensitivity"),
+    Metric("fracture_specificity", "max", True, "fracture specificity"),
+    Metric("fracture_precision", "max", True, "fracture precision"),
+    Metric("loss", "min", False, "loss"),
+)})
+SELECTION_METRICS = tuple(f"val_{name}" for name in ("fracture_f1", "accuracy", "roc_auc", "fracture_sensitivity", "fracture_specificity", "loss"))
+DEFAULT_SELECTION_METRIC = "val_fracture_f1"  # selection is on validation, always
+_PREFIXES = ("best_", "confirm_", "val_", "test_", "train_")
+
+
+def metric_info(name: str) -> Metric:
+    """The catalogue entry of a (prefixed) metric name: `val_loss`, `test_accuracy`, `best_val_roc_auc`."""
+    bare = name
+    for prefix in _PREFIXES:
+        bare = bare.removeprefix(prefix)
+    if bare not in CATALOGUE:
+        raise KeyError(f"unknown metric {name!r}; known: {', '.join(CATALOGUE)}")
+    return CATALOGUE[bare]
+
+
+def metric_mode(name: str) -> str:
+    return metric_info(name).mode
+
+
+def is_better(value: float, than: float, mode: str) -> bool:
+    return value > than if mode == "max" else value < than
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -120,3 +164,19 @@ def confusion_from_counts(metrics: Mapping, prefix: str = "") -> dict:
     matrix[NEGATIVE_LABEL][POSITIVE_LABEL] = int(metrics[f"{prefix}false_alarms"])
     matrix[NEGATIVE_LABEL][NEGATIVE_LABEL] = int(metrics[f"{prefix}true_negatives"])
     return {"labels": list(CLASS_NAMES), "matrix": matrix}
+
+
+def best_epoch(history: Sequence[Mapping], metric: str, mode: str, prefix: str = "val_") -> Mapping | None:
+    """The row of `history` (one per epoch) with the best selection score: the metric, demoted
+    where the model answered one class. The one rule for a run's best epoch: checkpoints kept,
+    summaries, tracking and the leaderboard all use it. Equal scores keep the earlier epoch."""
+    best = None
+    for row in history:
+        if best is None or is_better(selection_score(row, metric, mode, prefix), selection_score(best, metric, mode, prefix), mode):
+            best = row
+    return best
+
+
+def run_state(epochs_trained: int, max_epochs: int, *, failed: bool) -> str:
+    """How a run ended: "failed", "stopped early" (fewer epochs than its budget) or "completed"."""
+    return "failed" if failed else ("stopped early" if epochs_trained < max_epochs else "completed")

@@ -39,13 +39,13 @@ from fracture_models.engine import (
     select_device,
 )
 from fracture_models.loader import BatchLoader
-from fracture_models.metrics import predicts_one_class, scalar_metrics, selection_score
+from fracture_models.metrics import DEFAULT_SELECTION_METRIC, predicts_one_class, scalar_metrics, selection_score
 from fracture_models.records import write_json
 from fracture_models.plots import plot_confusion_matrix, plot_loss_curves
 
 logger = logging.getLogger("fracture_models.train")
 
-SELECTION_METRIC = "val_fracture_f1"
+SELECTION_METRIC = DEFAULT_SELECTION_METRIC
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

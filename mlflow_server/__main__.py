@@ -29,7 +29,7 @@ from fracture_models.cli import configure_logging, run_main
 from fracture_models.errors import UserError
 from fracture_models.records import redact_url
 from mlflow_server.app import AUTH_ENV
-from mlflow_server.store import artifacts_dir, backend_uri, store_dir
+from tuning.tracking.store import artifacts_dir, backend_uri, store_dir
 
 logger = logging.getLogger("mlflow_server")
 

@@ -36,12 +36,13 @@ def leaderboard_page():
     from mlflow import MlflowClient
     from mlflow.server import BACKEND_STORE_URI_ENV_VAR
 
+    from fracture_models.metrics import DEFAULT_SELECTION_METRIC
     from tuning.leaderboard import collect_jobs, rank, render_html, study_rows
 
     arch = request.args.get("arch") or None
     team = request.args.get("team") or None
     by = request.args.get("by") if request.args.get("by") in ("team", "user", "arch") else None
-    metric = request.args.get("metric") or "val_fracture_f1"
+    metric = request.args.get("metric") or DEFAULT_SELECTION_METRIC
     store = os.environ[BACKEND_STORE_URI_ENV_VAR]
     jobs = collect_jobs(MlflowClient(store), request.host_url, metric, arch=arch, team=team)
     groups = rank(jobs, metric, by=by)

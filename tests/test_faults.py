@@ -115,13 +115,13 @@ def _assert_every_trial_once(storage: Path, name: str) -> dict:
 
     from mlflow import MlflowClient
 
-    from mlflow_server.store import backend_uri, store_dir
+    from tuning.tracking.store import backend_uri, store_dir
 
     client = MlflowClient(backend_uri(store_dir()))
     experiment = client.get_experiment_by_name("fracture-cnn").experiment_id
     parents = client.search_runs([experiment], f"tags.job_name = '{name}' and tags.role = 'search'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}' and tags.role = 'trial'")
     finished = [c for c in children if c.info.status == "FINISHED"]
     assert sorted(c.data.tags["ray_trial_id"] for c in finished) == ray_ids
     others = [c for c in children if c not in finished]

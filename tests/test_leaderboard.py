@@ -70,7 +70,7 @@ def test_filters_and_grouping(two_teams, tmp_path: Path):
 
 
 def test_an_empty_store_gives_a_friendly_board(tmp_path: Path, capsys):
-    from mlflow_server.store import backend_uri
+    from tuning.tracking.store import backend_uri
 
     assert leaderboard(["--tracking-uri", backend_uri(tmp_path / "empty")]) == 0
     out = capsys.readouterr().out

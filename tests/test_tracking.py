@@ -35,11 +35,12 @@ def _args(data: Path, storage: Path, name: str, *extra: str) -> list[str]:
     ]
 
 
-def _job_runs(client: MlflowClient, job: str) -> tuple[object, list]:
+def _job_runs(client: MlflowClient, job: str, role: str = "trial") -> tuple[object, list]:
+    """The job's parent run and its children of one role (trial or confirmation)."""
     experiment = client.get_experiment_by_name("fracture-cnn")
     parents = client.search_runs([experiment.experiment_id], f"tags.job_name = '{job}' and tags.role = 'search'")
     assert len(parents) == 1
-    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}' and tags.role = '{role}'")
     return parents[0], children
 
 
@@ -153,8 +154,9 @@ def test_tracking_outage_mid_job_loses_no_metric(ray_session, tiny_download: Pat
         assert server.healthy()
         client = MlflowClient(server.url)
         parent, children = _job_runs(client, "outage")
-        assert len(children) == 4
-        for child in children:
+        _, confirmations = _job_runs(client, "outage", role="confirmation")
+        assert len(children) == 4 and len(confirmations) == 1  # 25% of the search's 12 epochs: one 3-epoch run
+        for child in children + confirmations:
             for key in ("val_loss", "val_fracture_f1", "train_loss"):
                 assert sorted(m.step for m in client.get_metric_history(child.info.run_id, key)) == [1, 2, 3]
             assert child.info.status == "FINISHED"

@@ -222,13 +222,13 @@ def test_interrupt_then_resume_runs_n_trials_none_twice(ray_session, tiny_downlo
     # The job kept one parent run and one child run per trial in the default MLflow store.
     from mlflow import MlflowClient
 
-    from mlflow_server.store import backend_uri, store_dir
+    from tuning.tracking.store import backend_uri, store_dir
 
     client = MlflowClient(backend_uri(store_dir()))
     experiment = client.get_experiment_by_name("fracture-cnn").experiment_id
     parents = client.search_runs([experiment], "tags.job_name = 'resumable' and tags.role = 'search'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}' and tags.role = 'trial'")
     assert sorted(c.data.tags["ray_trial_id"] for c in children) == sorted(ray_ids)
     # Finished trials were not run again: their Optuna records are unchanged.
     after = {t.number: t for t in trials}

@@ -23,11 +23,14 @@ from datetime import datetime, timezone
 from typing import Iterable
 
 from fracture_models.errors import UserError
+from fracture_models.metrics import CATALOGUE, DEFAULT_SELECTION_METRIC, metric_mode
 from fracture_models.study import STUDY_TEST_RESULTS
+from tuning.tracking.names import (
+    EXPERIMENT_PREFIX, GENERATED_DATA_TAG, GPU_HOURS_METRIC, ROLE_TAG, SEARCH_ROLE, STOPPED_EARLY_METRIC, TRIAL_HOURS_METRIC, TRIALS_METRIC,
+    best_metric_name, confirm_metric_name,
+)
 
-EXPERIMENT_PREFIX = "fracture-"
 TEST_COLUMNS = ("test_accuracy", "test_fracture_sensitivity", "test_fracture_specificity", "test_fracture_f1")
-MODES = {"val_loss": "min", "test_loss": "min"}  # every other metric: higher is better
 
 
 @dataclass
@@ -78,33 +81,34 @@ def collect_jobs(client, tracking_uri: str, metric: str, *, arch: str | None = N
         experiments = [e for e in experiments if e.name == f"{EXPERIMENT_PREFIX}{arch}"]
     if not experiments:
         return []
-    query = "tags.role = 'search' and attributes.status = 'FINISHED'"
+    query = f"tags.{ROLE_TAG} = '{SEARCH_ROLE}' and attributes.status = 'FINISHED'"
     if team:
         query += f" and tags.team = '{team}'"
     base, jobs = ui_base(tracking_uri), []
     for run in _all_runs(client, [e.experiment_id for e in experiments], query):
         tags, metrics = run.data.tags, run.data.metrics
-        value = metrics.get(metric if metric.startswith("test_") else f"best_{metric}")
+        value = metrics.get(metric if metric.startswith("test_") else best_metric_name(metric))
         jobs.append(Job(
             team=tags.get("team", "?"), user=tags.get("user", "?"), arch=tags.get("arch", "?"), job=run.info.run_name,
             metric=tags.get("metric", "?"), value=value, test={k: metrics[k] for k in TEST_COLUMNS if k in metrics},
-            trials=int(metrics.get("trials", 0)), stopped_early=int(metrics.get("trials_stopped_early", 0)),
-            trial_hours=float(metrics.get("trial_hours", 0.0)), gpu_hours=float(metrics.get("gpu_hours", 0.0)),
+            trials=int(metrics.get(TRIALS_METRIC, 0)), stopped_early=int(metrics.get(STOPPED_EARLY_METRIC, 0)),
+            trial_hours=float(metrics.get(TRIAL_HOURS_METRIC, 0.0)), gpu_hours=float(metrics.get(GPU_HOURS_METRIC, 0.0)),
             date=datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M"),
             link=f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" if base else run.info.run_id,
             data_fingerprint=tags.get("data_fingerprint", "?"), image_size=tags.get("image_size", "?"),
-            confirmed=_confirmed(metrics) if not metric.startswith("test_") else "-", generated_data=tags.get("generated_data") == "true",
+            confirmed=_confirmed(metrics) if not metric.startswith("test_") else "-", generated_data=tags.get(GENERATED_DATA_TAG) == "true",
         ))
     return jobs
 
 
 def _confirmed(metrics: dict) -> str:
     """'mean +- sd (n seeds)' of the job's confirmed winner, from its parent run's confirm_* metrics."""
-    if "confirm_winner_mean" not in metrics:
+    mean, sd, runs = (confirm_metric_name("winner", stat) for stat in ("mean", "sd", "runs"))
+    if mean not in metrics:
         return "-"
-    runs = int(metrics.get("confirm_winner_runs", 1))
-    sd = f" ± {metrics['confirm_winner_sd']:.4f}" if "confirm_winner_sd" in metrics else ""
-    return f"{metrics['confirm_winner_mean']:.4f}{sd} ({runs} seed{'s' if runs != 1 else ''})"
+    seeds = int(metrics.get(runs, 1))
+    spread = f" ± {metrics[sd]:.4f}" if sd in metrics else ""
+    return f"{metrics[mean]:.4f}{spread} ({seeds} seed{'s' if seeds != 1 else ''})"
 
 
 def _all_runs(client, experiment_ids: list[str], query: str) -> Iterable:
@@ -119,7 +123,7 @@ def _all_runs(client, experiment_ids: list[str], query: str) -> Iterable:
 
 def rank(jobs: Iterable[Job], metric: str, *, by: str | None = None, top: int | None = None) -> list[Group]:
     """Groups of comparable jobs, each ranked best first; with `by`, only the best job per team/user/arch."""
-    descending = MODES.get(metric, "max") == "max"
+    descending = metric_mode(metric) == "max"
     groups: dict[tuple[str, str], Group] = {}
     for job in jobs:
         if job.value is None:
@@ -239,11 +243,26 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--arch", default=None, help="only this architecture")
     parser.add_argument("--team", default=None, help="only this team")
     parser.add_argument("--by", choices=["team", "user", "arch"], default=None, help="keep the best job per team, user or architecture")
-    parser.add_argument("--metric", default="val_fracture_f1", help="rank on this validation metric (default: %(default)s); test_* ranks on test")
+    parser.add_argument(
+        "--metric", default=DEFAULT_SELECTION_METRIC,
+        help="rank on this validation metric (default: %(default)s); test_* ranks on test; any of "
+        + ", ".join(f"val_{name}" for name in CATALOGUE),
+    )
     parser.add_argument("--top", type=int, default=None, help="rows per group")
     parser.add_argument("--format", choices=["table", "markdown", "csv", "html"], default="table")
     parser.add_argument("--out", default=None, help="write to this file instead of the terminal")
     return parser
+
+
+def check_metric(metric: str) -> None:
+    """Reject a metric the searches never record, instead of answering "no searches yet"."""
+    try:
+        metric_mode(metric)
+    except KeyError:
+        known = ", ".join(f"{split}_{name}" for split in ("val", "test") for name in CATALOGUE)
+        raise UserError(f"Unknown metric {metric!r}; rank on one of: {known}.") from None
+    if not metric.startswith(("val_", "test_")):
+        raise UserError(f"Rank on a validation (val_*) or test (test_*) metric, not {metric!r}.")
 
 
 def build(tracking_uri: str, metric: str, *, arch=None, team=None, by=None, top=None, fmt="table") -> str:
@@ -261,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.top is not None and args.top < 1:
         raise UserError("--top must be at least 1.")
+    check_metric(args.metric)
     uri = resolve_tracking_uri(args.tracking_uri)
     check_reachable(uri)
     text = build(uri, args.metric, arch=args.arch, team=args.team, by=args.by, top=args.top, fmt=args.format)

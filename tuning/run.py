@@ -24,6 +24,7 @@ from fracture_models.cli import configure_logging, get_common_parser, resolve_da
 from fracture_models.clinical import DEFAULT_TARGET_SENSITIVITY
 from fracture_models.data import FractureDataset, load_dataset, load_split, resolve_dataset_root
 from fracture_models.errors import UserError
+from fracture_models.metrics import DEFAULT_SELECTION_METRIC, SELECTION_METRICS, metric_mode
 from fracture_models.models import check_weights_available, resolve_weights
 from fracture_models.records import REDACTED, redact_url, write_json
 from fracture_models.study import BASELINE_HYPERPARAMETERS
@@ -32,14 +33,7 @@ from tuning.confirmation import DEFAULT_BUDGET, DEFAULT_EXTRA_SEEDS, DEFAULT_TOP
 
 logger = logging.getLogger("tuning.run")
 
-METRICS = {  # name -> mode; validation metrics only (selection never looks at test)
-    "val_fracture_f1": "max",
-    "val_accuracy": "max",
-    "val_roc_auc": "max",
-    "val_fracture_sensitivity": "max",
-    "val_fracture_specificity": "max",
-    "val_loss": "min",
-}
+METRICS = {name: metric_mode(name) for name in SELECTION_METRICS}  # validation only: selection never looks at test
 JOB_FILE = "job.json"
 AUDIT_DIR = "audit"
 
@@ -52,7 +46,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     search = parser.add_argument_group("search")
     search.add_argument("--num-samples", type=int, default=20, help="trials in all, the baseline included (default: %(default)s)")
-    search.add_argument("--metric", default="val_fracture_f1", choices=sorted(METRICS), help="validation metric to optimise (default: %(default)s)")
+    search.add_argument("--metric", default=DEFAULT_SELECTION_METRIC, choices=sorted(METRICS), help="validation metric to optimise (default: %(default)s)")
     search.add_argument("--sampler", default="tpe", choices=["tpe", "random"], help="Optuna sampler after the baseline trial (default: %(default)s)")
     search.add_argument(
         "--sampler-seed", type=int, default=None,
@@ -240,11 +234,11 @@ def _fit_confirmation(runs: list, trainable, experiment: str, job: dict, tracker
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from tuning.checkpoints import DropOptimizerState
+    from tuning.callbacks import DropOptimizerState, MlflowLoggingCallback
     from tuning.confirmation import CONFIRMATION_DIR, CONFIRMS
     from tuning.progress import search_progress, trial_name
     from tuning.search_space import baseline_point
-    from tuning.tracking import CONFIRMATION_ROLE, MlflowLoggingCallback
+    from tuning.tracking import CONFIRMATION_ROLE
     from tuning.trainable import CHECKPOINT_SCORE
 
     metric, mode = job["metric"], job["mode"]
@@ -285,7 +279,7 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     import optuna
     from ray import tune
 
-    from tuning.checkpoints import DropOptimizerState
+    from tuning.callbacks import DropOptimizerState, MlflowLoggingCallback
     from tuning.progress import quiet_libraries, search_progress, trial_name
     from tuning.resources import check_trial_resources, default_gpus_per_trial
     from tuning.schedulers import make_scheduler
@@ -297,9 +291,7 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
         where_to_look, write_report,
     )
     from tuning.trainable import CHECKPOINT_SCORE, train_fracture_model
-    from tuning.tracking import (
-        MlflowLoggingCallback, SearchTracker, check_reachable, resolve_tracking_uri, save_winner_model, tracking_note,
-    )
+    from tuning.tracking import SearchTracker, check_reachable, resolve_tracking_uri, save_winner_model, tracking_note
 
     _validate(args)
     metric, mode = args.metric, METRICS[args.metric]
@@ -490,6 +482,7 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     print("\n" + format_summary(summary))
     print("\n" + where_to_look(experiment, redact_url(optuna_url), local))
     print(tracking_note(tracker))
+    tracker.close()
     return 0
 
 

@@ -17,12 +17,14 @@ from typing import Sequence
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-THRESHOLD_FREE = ("val_roc_auc", "val_loss")
+from fracture_models.metrics import metric_info
+
+RANKING_SIGNAL = "val_roc_auc"  # what rungs compare when the search metric is a thresholded one
 
 
 def default_rung_metric(metric: str) -> str:
     """ROC AUC for thresholded metrics (F1, accuracy, sensitivity, specificity), else the metric itself."""
-    return metric if metric in THRESHOLD_FREE else "val_roc_auc"
+    return RANKING_SIGNAL if metric_info(metric).thresholded else metric
 
 
 def rung_epochs(max_epochs: int, grace_period: int, given: Sequence[int] | None = None) -> list[int]:

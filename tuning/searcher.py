@@ -19,6 +19,7 @@ import sqlalchemy.exc
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
+from fracture_models.metrics import is_better
 from tuning.search_space import Range, baseline_point, to_optuna
 from tuning.trainable import CHECKPOINT_SCORE
 
@@ -42,7 +43,7 @@ class StudyAwareOptunaSearch(OptunaSearch):
         super().on_trial_result(trial_id, result)
         score = result.get(CHECKPOINT_SCORE)
         best = self._best_scores.get(trial_id)
-        if score is not None and (best is None or (score > best if self._mode == "max" else score < best)):
+        if score is not None and (best is None or is_better(score, best, self._mode)):
             self._best_scores[trial_id] = float(score)
 
     def suggest(self, trial_id: str):

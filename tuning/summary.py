@@ -15,7 +15,7 @@ from fracture_models.clinical import DEFAULT_TARGET_SENSITIVITY, clinical_report
 from fracture_models.engine import build_training, load_checkpoint, predict, restore_training, select_device
 from fracture_models.explain import heatmap_panels, pick_examples
 from fracture_models.loader import BatchLoader
-from fracture_models.metrics import classification_metrics, predicts_one_class
+from fracture_models.metrics import best_epoch, classification_metrics, predicts_one_class, run_state, selection_score
 from fracture_models.plots import plot_confusion_matrix, plot_heatmap_grid, plot_learning_curves, plot_reliability, plot_roc_curve
 from fracture_models.records import write_json
 from fracture_models.study import STUDY_TEST_RESULTS
@@ -56,24 +56,22 @@ def trial_rows(
     rows = []
     for result in results:
         history: pd.DataFrame | None = result.metrics_dataframe
-        has_history = history is not None and CHECKPOINT_SCORE in history and len(history)
-        if has_history:
-            scores = history[CHECKPOINT_SCORE]
-            index = scores.idxmax() if mode == "max" else scores.idxmin()
-            best_score, best_value = float(scores[index]), float(history.loc[index, metric])
-            best_epoch = int(history.loc[index, "training_iteration"])
-            one_class = predicts_one_class(history.loc[index], prefix="val_")
-            epochs = int(history["training_iteration"].max())
+        records = history.to_dict("records") if history is not None and metric in history else []
+        best = best_epoch(records, metric, mode)
+        if best is not None:
+            best_score, best_value = selection_score(best, metric, mode, prefix="val_"), float(best[metric])
+            best_at, one_class = int(best["training_iteration"]), predicts_one_class(best, prefix="val_")
+            epochs = int(max(r["training_iteration"] for r in records))
         else:
             best_score = best_value = math.nan
-            best_epoch, epochs, one_class = 0, 0, False
-        status = "failed" if result.error else ("stopped early" if epochs < max_epochs else "completed")
+            best_at, epochs, one_class = 0, 0, False
+        status = run_state(epochs, max_epochs, failed=bool(result.error))
         rows.append(
             {
                 "trial_id": trial_id_of(result),
                 **{name: result.config.get(name) for name in names},
                 "best_value": best_value,
-                "best_epoch": best_epoch,
+                "best_epoch": best_at,
                 "predicts_one_class": one_class,
                 "epochs": epochs,
                 "status": status,

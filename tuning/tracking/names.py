@@ -1,0 +1,29 @@
+"""The MLflow names a search writes and the leaderboard reads: stated once, here."""
+
+from __future__ import annotations
+
+EXPERIMENT_PREFIX = "fracture-"
+CHAMPION = "champion"  # the registered model's alias for the best version on validation
+ROLE_TAG = "role"  # what a run is: SEARCH (a job's parent), TRIAL or CONFIRMATION (its children)
+SEARCH_ROLE, TRIAL_ROLE, CONFIRMATION_ROLE = "search", "trial", "confirmation"
+JOB_TAG = "job_name"
+TRIAL_TAG = "ray_trial_id"
+GENERATED_DATA_TAG = "generated_data"
+# Parent-run metrics of a finished job.
+TRIALS_METRIC, STOPPED_EARLY_METRIC = "trials", "trials_stopped_early"
+TRIAL_HOURS_METRIC, GPU_HOURS_METRIC = "trial_hours", "gpu_hours"
+
+
+def experiment_name(arch: str) -> str:
+    """One MLflow experiment per architecture; the registered model of its winners has the same name."""
+    return f"{EXPERIMENT_PREFIX}{arch}"
+
+
+def confirm_metric_name(subject: str, statistic: str) -> str:
+    """A parent run's confirmation metric: confirm_winner_mean, confirm_baseline_sd, confirm_winner_runs."""
+    return f"confirm_{subject}_{statistic}"
+
+
+def best_metric_name(metric: str) -> str:
+    """The parent and trial runs' metric holding `metric` at the best epoch: best_val_fracture_f1."""
+    return f"best_{metric}"

@@ -1,0 +1,356 @@
+"""A job's MLflow runs, written from the driver through the outbox: one parent run per job, one
+child run per trial (role `trial`) or confirmation run (role `confirmation`).
+
+Runs are found again by tags (`job_name` on the parent, `ray_trial_id` on a child), so a
+resumed or replayed job reuses its runs instead of creating new ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from fracture_models.metrics import best_epoch, confusion_from_counts, run_state
+from fracture_models.plots import plot_confusion_matrix, plot_loss_curves
+from fracture_models.records import redact_url
+from tuning.confirmation import CONFIRMS
+from tuning.tracking.connect import configure_client
+from tuning.tracking.names import (
+    CONFIRMATION_ROLE, GENERATED_DATA_TAG, GPU_HOURS_METRIC, JOB_TAG, ROLE_TAG, SEARCH_ROLE, STOPPED_EARLY_METRIC, TRIAL_HOURS_METRIC,
+    TRIAL_ROLE, TRIAL_TAG, TRIALS_METRIC, best_metric_name, confirm_metric_name, experiment_name,
+)
+from tuning.tracking.outbox import OUTBOX_FILE, RETRY_AFTER_S, Outbox
+from tuning.tracking.registry import register_winner
+from tuning.tracking.store import store_dir
+
+logger = logging.getLogger("tuning.tracking")
+
+PLOTS_DIR = "mlflow"
+# Ray's bookkeeping keys are not metrics of the model.
+REPORTED_PREFIXES = ("train_", "val_")
+
+
+class SearchTracker:
+    """The job's MLflow runs. Holds strings only, so Ray Tune can pickle it with the experiment."""
+
+    def __init__(self, uri: str, job: Mapping, work_dir: Path | None) -> None:
+        self.uri = uri
+        self.job = dict(job)
+        self.work_dir = work_dir
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = job.get("mlflow_parent_run_id")
+        self._client = None
+        self._outbox: Outbox | None = None
+        self._runs: dict[str, str] = {}
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_outbox")} | {"_client": None, "_outbox": None}
+
+    # -- plumbing ---------------------------------------------------------------------------
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            configure_client()
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    @property
+    def outbox(self) -> Outbox:
+        if self._outbox is None:
+            self._outbox = Outbox(self.work_dir / OUTBOX_FILE if self.work_dir is not None else None)
+        return self._outbox
+
+    def files_dir(self, *parts: str) -> Path:
+        if self.work_dir is None:
+            self.work_dir_tmp = getattr(self, "work_dir_tmp", None) or tempfile.mkdtemp(prefix="fracture-mlflow-")
+            base = Path(self.work_dir_tmp)
+        else:
+            base = self.work_dir / PLOTS_DIR
+        folder = base.joinpath(*parts)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def reload_outbox(self) -> None:
+        """Read pending writes from disk again (another copy of this tracker may have queued some)."""
+        if self.work_dir is not None:
+            self._outbox = None
+
+    def submit(self, op: str, **fields: Any) -> None:
+        self.outbox.submit({"op": op, **fields}, self._send)
+
+    def flush(self, *, force: bool = False) -> bool:
+        return self.outbox.flush(self._send, force=force)
+
+    def _send(self, op: dict) -> None:
+        handler = getattr(self, f"_op_{op['op']}")
+        handler(**{k: v for k, v in op.items() if k != "op"})
+
+    # -- the job's runs ---------------------------------------------------------------------
+    def _experiment(self) -> str:
+        if self.experiment_id is None:
+            name = experiment_name(self.job["arch"])
+            found = self.client.get_experiment_by_name(name)
+            if found is not None:
+                self.experiment_id = found.experiment_id
+            else:
+                artifact_location = None
+                if self.uri.startswith("sqlite:///"):  # the local store: artifacts beside mlflow.db
+                    artifact_location = (Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts" / name).as_uri()
+                self.experiment_id = self.client.create_experiment(name, artifact_location=artifact_location, tags={"project": "fracture-tune"})
+        return self.experiment_id
+
+    def start(self, *, resume: bool = False) -> str:
+        """The job's parent run (found again by its job name on resume); returns its id (sent at once)."""
+        from mlflow.entities import RunStatus
+
+        experiment = self._experiment()
+        if self.parent_run_id is None and resume:
+            found = self.client.search_runs(
+                [experiment], filter_string=f"tags.{JOB_TAG} = '{self.job['name']}' and tags.{ROLE_TAG} = '{SEARCH_ROLE}'", max_results=1
+            )
+            if found:
+                self.parent_run_id = found[0].info.run_id
+        if self.parent_run_id is None:
+            run = self.client.create_run(experiment, run_name=self.job["name"], tags=self._parent_tags())
+            self.parent_run_id = run.info.run_id
+            self.client.log_batch(self.parent_run_id, params=_params(self._parent_params()))
+        else:
+            self.client.update_run(self.parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        return self.parent_run_id
+
+    def _parent_tags(self) -> dict[str, str]:
+        job = self.job
+        return {
+            ROLE_TAG: SEARCH_ROLE,
+            JOB_TAG: job["name"],
+            GENERATED_DATA_TAG: str(bool(job.get("generated_data"))).lower(),
+            "arch": job["arch"],
+            "team": job["team"],
+            "user": job["user"],
+            "metric": job["metric"],
+            "mode": job["mode"],
+            "data_fingerprint": job["data_fingerprint"],
+            "image_size": str(job["image_size"]),
+            "sampler": job.get("sampler", "tpe"),
+            "scheduler": json.dumps(job["scheduler"]),
+            "search_space": json.dumps(job["search_space"]),
+            "baseline": json.dumps(job["baseline"]),
+            "git_commit": job.get("git_commit", "unknown"),
+            "package_versions": json.dumps(job.get("package_versions", {})),
+            **{f"audit_{k}": json.dumps(v) if isinstance(v, list) else str(v) for k, v in job.get("audit", {}).items()},
+            "mlflow.note.content": (
+                f"Search of {job['num_samples']} trials of {job['arch']} around the study's baseline; "
+                f"selection on {job['metric']} (validation); the winner is tested once."
+            ),
+        }
+
+    def _parent_params(self) -> dict:
+        keys = ("arch", "num_samples", "epochs", "image_size", "batch_size", "weights", "seed", "metric", "sampler")
+        params = {k: self.job.get(k) for k in keys}
+        params.update({f"scheduler_{k}": v for k, v in self.job["scheduler"].items()})
+        return params
+
+    def _run_for(self, trial_id: str, params: Mapping | None = None, role: str = TRIAL_ROLE) -> str:
+        """The child run of a trial (role `trial`) or of a confirmation run (role `confirmation`):
+        the cached one, one found by tag, or a new one."""
+        if trial_id in self._runs:
+            return self._runs[trial_id]
+        found = self.client.search_runs(
+            [self._experiment()],
+            filter_string=f"tags.{TRIAL_TAG} = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+            max_results=1,
+        )
+        if found:
+            run_id = found[0].info.run_id
+        else:
+            tags = {
+                "mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial_id, ROLE_TAG: role, JOB_TAG: self.job["name"],
+                "arch": self.job["arch"], "team": self.job["team"], "user": self.job["user"],
+                "data_fingerprint": self.job["data_fingerprint"], "state": "running",
+            }
+            if role == CONFIRMATION_ROLE and params and params.get(CONFIRMS):
+                tags[CONFIRMS] = str(params[CONFIRMS])
+            run_name = f"{'confirm' if role == CONFIRMATION_ROLE else 'trial'}_{trial_id}"
+            run_id = self.client.create_run(self._experiment(), run_name=run_name, tags=tags).info.run_id
+            fixed = {k: self.job[k] for k in ("arch", "epochs", "image_size", "batch_size", "weights", "seed")}
+            self.client.log_batch(run_id, params=_params({**fixed, **(params or {})}))
+        self._runs[trial_id] = run_id
+        return run_id
+
+    # -- operations (replayable; fields are JSON) -------------------------------------------
+    def _op_trial_start(self, trial_id: str, params: dict, role: str = TRIAL_ROLE) -> None:
+        self._run_for(trial_id, params, role)
+
+    def _op_metrics(self, trial_id: str | None, step: int, metrics: dict, timestamp_ms: int) -> None:
+        from mlflow.entities import Metric
+
+        run_id = self.parent_run_id if trial_id is None else self._run_for(trial_id)
+        batch = [Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()]
+        for start in range(0, len(batch), 500):
+            self.client.log_batch(run_id, metrics=batch[start:start + 500])
+
+    def _op_tags(self, trial_id: str | None, tags: dict) -> None:
+        run_id = self.parent_run_id if trial_id is None else self._run_for(trial_id)
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, str(value))
+
+    def _op_artifact(self, trial_id: str | None, path: str, artifact_path: str | None = None) -> None:
+        run_id = self.parent_run_id if trial_id is None else self._run_for(trial_id)
+        if Path(path).is_dir():
+            self.client.log_artifacts(run_id, path, artifact_path)
+        else:
+            self.client.log_artifact(run_id, path, artifact_path)
+
+    def _op_end(self, trial_id: str | None, status: str) -> None:
+        run_id = self.parent_run_id if trial_id is None else self._run_for(trial_id)
+        self.client.set_terminated(run_id, status)
+
+    def _op_register(self, model_dir: str, description: dict) -> None:
+        self._register(model_dir, description)
+
+    def _op_lost(self, trial_id: str) -> None:
+        found = self.client.search_runs(
+            [self._experiment()],
+            filter_string=f"tags.{TRIAL_TAG} = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+            max_results=1,
+        )
+        if found:  # a lost trial that never reached the callback has no run to close
+            self.client.set_tag(found[0].info.run_id, "state", "lost with the driver")
+            self.client.set_terminated(found[0].info.run_id, "KILLED")
+
+    # -- what the search calls ----------------------------------------------------------------
+    def trial_started(self, trial_id: str, params: Mapping, role: str = TRIAL_ROLE) -> None:
+        self.submit("trial_start", trial_id=trial_id, params=dict(params), role=role)
+
+    def trial_result(self, trial_id: str, result: Mapping) -> None:
+        metrics = {("learning_rate" if k == "lr" else k): v for k, v in result.items()
+                   if (k.startswith(REPORTED_PREFIXES) or k == "lr") and _is_number(v)}
+        self.submit("metrics", trial_id=trial_id, step=int(result["training_iteration"]), metrics=metrics,
+                    timestamp_ms=int(time.time() * 1000))
+
+    def trial_ended(self, trial_id: str, history: list[dict], *, failed: bool) -> None:
+        """Final state, best epoch's confusion matrix and the loss curves of one trial."""
+        metric, mode, max_epochs = self.job["metric"], self.job["mode"], self.job["epochs"]
+        epochs = max((row["training_iteration"] for row in history), default=0)
+        state = run_state(epochs, max_epochs, failed=failed)
+        tags = {"state": state, "stopped_early": str(state == "stopped early").lower(), "epochs_trained": epochs}
+        best = best_epoch(history, metric, mode)
+        if best is not None:
+            tags["best_epoch"] = best["training_iteration"]
+            self.submit("metrics", trial_id=trial_id, step=int(best["training_iteration"]),
+                        metrics={best_metric_name(metric): float(best[metric])}, timestamp_ms=int(time.time() * 1000))
+            folder = self.files_dir(f"trial_{trial_id}")
+            plot_confusion_matrix(
+                confusion_from_counts(best, prefix="val_"), folder / "confusion_matrix.png",
+                title=f"trial {trial_id}: validation, epoch {best['training_iteration']}",
+            )
+            rows = [{"epoch": r["training_iteration"], "train_loss": r["train_loss"], "val_loss": r["val_loss"]} for r in history]
+            plot_loss_curves(rows, folder / "loss_curves.png", title=f"trial {trial_id}: loss")
+            self.submit("artifact", trial_id=trial_id, path=str(folder / "confusion_matrix.png"), artifact_path="plots")
+            self.submit("artifact", trial_id=trial_id, path=str(folder / "loss_curves.png"), artifact_path="plots")
+        self.submit("tags", trial_id=trial_id, tags=tags)
+        self.submit("end", trial_id=trial_id, status="FAILED" if failed else "FINISHED")
+
+    def job_finished(self, summary: dict, report_files: Iterable[Path], model_dir: Path | None) -> None:
+        test = {f"test_{k}": v for k, v in summary["test"].items() if _is_number(v)}
+        if summary.get("clinical"):
+            from fracture_models.clinical import clinical_scalars
+
+            test.update({f"test_{k}": v for k, v in clinical_scalars(summary["clinical"]).items() if _is_number(v)})
+        test.update({
+            TRIAL_HOURS_METRIC: summary["trial_hours"], GPU_HOURS_METRIC: summary["gpu_hours"], TRIALS_METRIC: summary["num_trials"],
+            STOPPED_EARLY_METRIC: summary["trials_stopped_early"], "epochs_trained": summary["epochs_trained"],
+            best_metric_name(summary["metric"]): summary["best_trial"]["best_value"],
+        })
+        test.update(confirmation_metrics(summary.get("confirmation")))
+        self.submit("metrics", trial_id=None, step=0, metrics=test, timestamp_ms=int(time.time() * 1000))
+        best, tested = summary["best_trial"], summary.get("tested_trial") or summary["best_trial"]
+        tags = {"best_trial": best["trial_id"], "epochs_budget": summary["epochs_budget"], "image_size": self.job["image_size"]}
+        if summary.get("confirmation"):
+            tags.update(confirm_winner=summary["confirmation"]["winner"], confirm_verdict=summary["confirmation"]["verdict"])
+        self.submit("tags", trial_id=None, tags=tags)
+        for path in report_files:
+            self.submit("artifact", trial_id=None, path=str(path), artifact_path="report")
+        if model_dir is not None:
+            self.submit("register", model_dir=str(model_dir), description={
+                "metric": summary["metric"], "mode": summary["mode"], "value": tested["best_value"],
+                "data_fingerprint": self.job["data_fingerprint"], "trial_id": tested["trial_id"], "job_name": self.job["name"],
+                "team": self.job["team"], "test_accuracy": summary["test"]["accuracy"],
+                "test_fracture_f1": summary["test"]["fracture_f1"],
+            })
+        self.submit("end", trial_id=None, status="FINISHED")
+
+    def trial_lost(self, trial_id: str) -> None:
+        """Close the run of a trial that died with its driver before Ray Tune saved it."""
+        self.submit("lost", trial_id=trial_id)
+
+    def job_interrupted(self) -> None:
+        self.submit("end", trial_id=None, status="KILLED")
+
+    # -- the model registry --------------------------------------------------------------------
+    def _register(self, model_dir: str, description: dict) -> None:
+        register_winner(self.client, self.job["arch"], self.parent_run_id, model_dir, description)
+
+    def close(self) -> None:
+        """Remove the temporary folder of a job without a local experiment folder, once nothing waits to be sent."""
+        tmp = getattr(self, "work_dir_tmp", None)
+        if tmp and not self.outbox.pending:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.work_dir_tmp = None
+
+
+def tracking_note(tracker: SearchTracker, wait_s: float = 30.0) -> str:
+    """Send what is pending (waiting up to `wait_s` for the server) and say where the runs are."""
+    deadline = time.monotonic() + wait_s
+    while not tracker.flush(force=True) and time.monotonic() < deadline:
+        time.sleep(RETRY_AFTER_S)
+    name = experiment_name(tracker.job["arch"])
+    if tracker.outbox.pending:
+        return (
+            f"MLflow: {len(tracker.outbox.pending)} writes could not be sent yet; they are kept in "
+            f"{tracker.outbox.path or 'memory (remote storage: lost at exit)'}. "
+            f"Send them when the server is back: python -m tuning.tracking {tracker.work_dir}"
+        )
+    if tracker.uri.startswith("sqlite:///"):
+        default = Path(tracker.uri.removeprefix("sqlite:///")).parent == store_dir()
+        browse = "python -m mlflow_server" + ("" if default else f" --store {Path(tracker.uri.removeprefix('sqlite:///')).parent}")
+        where = f"browse: {browse}, then open http://127.0.0.1:5000"
+    else:
+        where = f"browse: {redact_url(tracker.uri)}"
+    return f"MLflow: experiment {name}, parent run {tracker.job['name']} ({tracker.parent_run_id}); {where}"
+
+
+
+def confirmation_metrics(confirmation: Mapping | None) -> dict[str, float]:
+    """The parent run's `confirm_*` metrics: the winner's and the baseline's mean and sd over
+    seeds, and the paired difference with its 95% interval, where they exist."""
+    if not confirmation:
+        return {}
+    out: dict[str, float] = {"confirm_extra_epochs": confirmation["extra_epochs"], "confirm_extra_fraction": confirmation["extra_fraction"]}
+    for c in confirmation["configurations"]:
+        for name, wanted in (("winner", c["trial_id"] == confirmation["winner"]), ("baseline", c["is_baseline"])):
+            if wanted:
+                out.update({confirm_metric_name(name, "mean"): c["mean"], confirm_metric_name(name, "sd"): c["sd"], confirm_metric_name(name, "runs"): c["n"]})
+    difference = confirmation.get("difference_vs_baseline")
+    if difference:
+        out.update(confirm_difference=difference["mean"], confirm_difference_ci_low=difference["ci95"][0], confirm_difference_ci_high=difference["ci95"][1])
+    return {k: float(v) for k, v in out.items() if _is_number(v)}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _params(values: Mapping) -> list:
+    from mlflow.entities import Param
+
+    return [Param(k, str(v)[:6000]) for k, v in values.items()]
+
