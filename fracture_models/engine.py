@@ -22,7 +22,7 @@ from fracture_models.config import TrainConfig
 from fracture_models.labels import POSITIVE_LABEL
 from fracture_models.loader import BatchLoader
 from fracture_models.metrics import classification_metrics, scalar_metrics
-from fracture_models.models import create_model
+from fracture_models.models import architecture, create_model
 
 logger = logging.getLogger(__name__)
 
@@ -64,16 +64,15 @@ class TrainingState:
         return uses_channels_last(self.config, self.device)
 
 
-# Where channels_last pays without CUDA: measured 1.25x for resnet50 at 224 px on a 2-core CPU,
-# 0.9-1.07x for the others (benchmarks/README.md).
-CPU_CHANNELS_LAST = frozenset({"resnet50"})
+# Where channels_last pays without CUDA is a fact of each architecture (`channels_last_on_cpu`):
+# measured 1.25x for resnet50 at 224 px on a 2-core CPU, 0.9-1.07x for the others (benchmarks/README.md).
 
 
 def uses_channels_last(config: TrainConfig, device: torch.device) -> bool:
     """channels_last where asked, else on CUDA (tensor cores want it) and where the CPU gains."""
     if config.channels_last is not None:
         return config.channels_last
-    return device.type == "cuda" or config.arch in CPU_CHANNELS_LAST
+    return device.type == "cuda" or architecture(config.arch).channels_last_on_cpu
 
 
 def build_training(config: TrainConfig, device: torch.device | None = None) -> TrainingState:

@@ -1,38 +1,24 @@
-"""Grad-CAM heatmaps (captum's LayerGradCam) for the study's architectures.
+"""Grad-CAM heatmaps (captum's LayerGradCam) for any registered architecture.
 
-The target layer per architecture is defined once in `GRADCAM_LAYERS`: the last convolution
-of the CNN and of VGG16, the last residual stage of ResNet50 (as pytorch-grad-cam and the
-Grad-CAM paper use for these families).
+The target layer is a fact of the architecture's registry entry (`gradcam_layer`): by default
+the last convolution (the CNN, VGG16), the last residual stage for ResNet50 (as pytorch-grad-cam
+and the Grad-CAM paper use for these families).
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Callable
-
 import numpy as np
 import torch
 from torch import nn
 
 from fracture_models.augment import to_model_input
 from fracture_models.labels import CLASS_NAMES
-
-
-def _last_conv(model: nn.Module) -> nn.Module:
-    return [m for m in model.features if isinstance(m, nn.Conv2d)][-1]
-
-
-GRADCAM_LAYERS: dict[str, Callable[[nn.Module], nn.Module]] = {
-    "cnn": _last_conv,
-    "vgg16": _last_conv,
-    "resnet50": lambda model: model.layer4,
-}
+from fracture_models.models import architecture
 
 
 def gradcam_layer(model: nn.Module, arch: str) -> nn.Module:
-    if arch not in GRADCAM_LAYERS:
-        raise KeyError(f"no Grad-CAM layer defined for {arch!r}; known: {sorted(GRADCAM_LAYERS)}")
-    return GRADCAM_LAYERS[arch](model)
+    return architecture(arch).gradcam_layer(model)
 
 
 def _without_inplace(model: nn.Module) -> nn.Module:

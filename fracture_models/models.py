@@ -1,56 +1,113 @@
-"""A strict registry of the study's three architectures, each with a 2-class output.
+"""A strict registry of architectures, each with a 2-class output and the facts that travel with it.
 
 `create_model(name, ...)` fails loudly on an unknown name; `list_models()` lists them. Builders
 do no I/O unless weights are asked for. `weights` is `"none"` (random init), `"imagenet"`
 (torchvision's own download-and-cache loading) or a path to a torchvision ImageNet state dict.
-Each entry carries the study's own starting point (`default_weights`): ImageNet for the
-fine-tuned ResNet50 and VGG16, random init for the custom CNN.
+
+Adding an architecture is one registration, here or in another package:
+
+    register_model("tiny", build_tiny)                       # every fact has a default
+    register_model("effnet", build, default_weights="imagenet", gradcam_layer=lambda m: m.features[-1],
+                   search_space={"lr": {"low": 1e-5, "high": 3e-3, "log": True}})
+
+The builder is called as `builder(num_classes=..., weights=..., image_size=...)`. A package makes
+its architectures available everywhere (the driver, every Ray worker, the audit, `--help`) by
+declaring a module in the entry-point group `fracture_tune.architectures` that registers them
+on import; the registry imports those modules the first time it is asked for a name.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
 
 from fracture_models.errors import UserError, WeightsUnavailableError
 
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "fracture_tune.architectures"
+
+
+def last_conv(model: nn.Module) -> nn.Module:
+    """The model's last `Conv2d`: the default Grad-CAM layer."""
+    convolutions = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convolutions:
+        raise ValueError(f"{type(model).__name__} has no Conv2d layer for Grad-CAM; register the architecture with gradcam_layer=...")
+    return convolutions[-1]
+
 
 @dataclass(frozen=True)
 class Architecture:
-    """A registered architecture and the facts that travel with it."""
+    """A registered architecture and its facts, each with a default."""
 
     name: str
     builder: Callable[..., nn.Module]
     default_weights: str = "none"  # the study's starting point: "none" or "imagenet"
+    gradcam_layer: Callable[[nn.Module], nn.Module] = last_conv  # the layer Grad-CAM explains
+    channels_last_on_cpu: bool = False  # faster on the CPU in channels_last (always used on CUDA)
+    # Overrides of the common search space, by hyperparameter: {"lr": {"low": ..., "high": ..., "log": True}}.
+    search_space: Mapping[str, Mapping] = field(default_factory=lambda: MappingProxyType({}))
 
 
 _REGISTRY: dict[str, Architecture] = {}
+_plugins_loaded = False
 
 
-def register_model(name: str, *, default_weights: str = "none") -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY:
+def register_model(name: str, builder: Callable[..., nn.Module] | None = None, **facts):
+    """Register `builder` under `name` with its facts (see `Architecture`); without a builder,
+    a decorator. Registering a name twice is an error, unless it is the same builder again."""
+
+    def add(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        entry = Architecture(name, builder, **facts)
+        if name in _REGISTRY and _REGISTRY[name].builder is not builder:
             raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = Architecture(name, builder, default_weights)
+        _REGISTRY[name] = entry
         return builder
 
-    return decorator
+    return add(builder) if builder is not None else add
+
+
+def load_plugins() -> None:
+    """Import the modules of the `fracture_tune.architectures` entry points once (they register)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            point.load()
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not hide the others
+            logger.warning("Architecture plugin %s (%s) failed to load: %s", point.name, point.value, exc)
 
 
 def list_models() -> list[str]:
+    load_plugins()
     return sorted(_REGISTRY)
 
 
 def architecture(name: str) -> Architecture:
     """The registry entry of `name`; unknown names raise a `UserError` listing the known ones."""
     if name not in _REGISTRY:
+        load_plugins()
+    if name not in _REGISTRY:
         raise UserError(f"Unknown architecture {name!r}; choose one of: {', '.join(list_models())}.")
     return _REGISTRY[name]
+
+
+def ensure_registered(entry: Architecture) -> None:
+    """Register an entry handed over from another process (a Ray worker gets the driver's)."""
+    if entry.name not in _REGISTRY:
+        load_plugins()
+    _REGISTRY.setdefault(entry.name, entry)
 
 
 def resolve_weights(name: str, weights: str | None) -> str:
@@ -150,7 +207,11 @@ def _imagenet_state_dict(weights: str, enum_value) -> dict[str, torch.Tensor] | 
         ) from exc
 
 
-@register_model("resnet50", default_weights="imagenet")
+# Fine-tuned from ImageNet, where Adam's 1e-3 is already at the high end (tuning/search_space.py).
+_FINE_TUNING_LR = MappingProxyType({"lr": MappingProxyType({"low": 1e-5, "high": 3e-3, "log": True})})
+
+
+@register_model("resnet50", default_weights="imagenet", gradcam_layer=lambda model: model.layer4, channels_last_on_cpu=True, search_space=_FINE_TUNING_LR)
 def _resnet50(*, num_classes: int, weights: str, image_size: int) -> nn.Module:
     from torchvision.models import ResNet50_Weights, resnet50
 
@@ -162,7 +223,7 @@ def _resnet50(*, num_classes: int, weights: str, image_size: int) -> nn.Module:
     return model
 
 
-@register_model("vgg16", default_weights="imagenet")
+@register_model("vgg16", default_weights="imagenet", search_space=_FINE_TUNING_LR)
 def _vgg16(*, num_classes: int, weights: str, image_size: int) -> nn.Module:
     """VGG16; the pretrained fc6/fc7 stay, the 1000-way layer becomes FC 4096-256-classes."""
     from torchvision.models import VGG16_Weights, vgg16

@@ -40,6 +40,6 @@ def test_training_on_cuda_and_the_checkpoint_on_the_cpu_agree(arch: str, small_d
 
 @pytest.mark.parametrize("arch", list_models())
 def test_gradcam_on_cuda(arch: str):
-    model = create_model(arch, image_size=64).cuda().eval()
+    model = create_model(arch, weights="none", image_size=64).cuda().eval()
     heat = gradcam(model, arch, torch.randn(2, 3, 64, 64, device="cuda"), 1)
     assert heat.shape == (2, 64, 64) and float(heat.max()) <= 1.0

@@ -25,7 +25,7 @@ from fracture_models.clinical import DEFAULT_TARGET_SENSITIVITY
 from fracture_models.data import FractureDataset, load_dataset, load_split, resolve_dataset_root
 from fracture_models.errors import UserError
 from fracture_models.metrics import DEFAULT_SELECTION_METRIC, SELECTION_METRICS, metric_mode
-from fracture_models.models import check_weights_available, resolve_weights
+from fracture_models.models import architecture, check_weights_available, resolve_weights
 from fracture_models.records import REDACTED, redact_url, write_json
 from fracture_models.study import BASELINE_HYPERPARAMETERS
 from fracture_models.synthetic import is_generated
@@ -359,7 +359,10 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
 
     base_config = {k: job[k] for k in ("arch", "epochs", "image_size", "batch_size", "weights", "seed")}
     trainable = tune.with_resources(
-        tune.with_parameters(train_fracture_model, base_config=base_config, metric=metric, mode=mode, train_split=dataset.train, val_split=dataset.val),
+        tune.with_parameters(
+            train_fracture_model, base_config=base_config, metric=metric, mode=mode, train_split=dataset.train, val_split=dataset.val,
+            architecture=architecture(job["arch"]),
+        ),
         {"cpu": args.cpus_per_trial, "gpu": gpus},
     )
 

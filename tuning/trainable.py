@@ -20,6 +20,7 @@ from fracture_models.config import TrainConfig
 from fracture_models.data import DecodedSplit
 from fracture_models.engine import build_training, fit, load_checkpoint, make_checkpoint, make_loaders, restore_training, save_checkpoint
 from fracture_models.metrics import selection_score
+from fracture_models.models import Architecture, ensure_registered
 
 CHECKPOINT_FILE = "checkpoint.pt"  # weights, schedule, epoch, config, metrics: all a finished trial keeps
 OPTIMIZER_FILE = "optimizer.pt"  # the optimiser and grad-scaler state, for continuing training only
@@ -35,9 +36,13 @@ def train_fracture_model(
     mode: str,
     train_split: DecodedSplit,
     val_split: DecodedSplit,
+    architecture: Architecture | None = None,
 ) -> None:
     """Train one configuration, `base_config` (arch, epochs, ...) + the sampled hyperparameters,
-    checkpoints ranked by `metric` in `mode`."""
+    checkpoints ranked by `metric` in `mode`. `architecture` is the driver's registry entry, so
+    an architecture registered only there (in a notebook, a test) trains on every worker too."""
+    if architecture is not None:
+        ensure_registered(architecture)
     config = TrainConfig.from_dict({**base_config, **hyperparameters})
     state = build_training(config)
     checkpoint = tune.get_checkpoint()
