@@ -3,9 +3,10 @@
     python -m fracture_models.train --arch cnn --data-dir DIR [--epochs 10 --lr 1e-3 ...] [--out DIR]
 
 Trains on train, evaluates validation after every epoch, keeps the checkpoint with the best
-validation fracture F1, and evaluates that checkpoint once on test. Writes to --out:
-metrics.json, config.json, checkpoint.pt, confusion_matrix.png, loss_curves.png and
-excluded_files.csv.
+validation fracture F1, and evaluates that checkpoint once on test with the clinical report a
+search's winner gets (fracture_models.evaluate). Writes to --out: metrics.json (test metrics and
+the clinical report), config.json, checkpoint.pt, confusion_matrix.png, loss_curves.png,
+test_roc_curve.png, test_reliability.png, test_gradcam.png and excluded_files.csv.
 """
 
 from __future__ import annotations
@@ -27,18 +28,8 @@ from fracture_models.cli import (
 )
 from fracture_models.config import TrainConfig
 from fracture_models.data import ExcludedFile, load_dataset, resolve_dataset_root
-from fracture_models.engine import (
-    build_training,
-    evaluate,
-    fit,
-    load_checkpoint,
-    make_checkpoint,
-    make_loaders,
-    restore_training,
-    save_checkpoint,
-    select_device,
-)
-from fracture_models.loader import BatchLoader
+from fracture_models.engine import build_training, fit, make_checkpoint, make_loaders, save_checkpoint, select_device
+from fracture_models.evaluate import evaluate_checkpoint, format_clinical
 from fracture_models.metrics import DEFAULT_SELECTION_METRIC, predicts_one_class, scalar_metrics, selection_score
 from fracture_models.records import write_json
 from fracture_models.plots import plot_confusion_matrix, plot_loss_curves
@@ -124,10 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             "the classes apart. Train longer (--epochs), or check the learning rate and the data."
         )
 
-    # The test split is evaluated exactly once, for the checkpoint selected on validation.
-    restore_training(state, load_checkpoint(checkpoint_path))
-    test_loader = BatchLoader(dataset.test, config.batch_size, device=device, channels_last=state.channels_last)
-    test = evaluate(state, test_loader)
+    # The test split is evaluated exactly once, for the checkpoint selected on validation, with the
+    # same clinical report as a search's winner.
+    test, clinical, _ = evaluate_checkpoint(checkpoint_path, dataset.val, dataset.test, config.batch_size, out, seed=config.seed, device=device)
 
     plot_confusion_matrix(test["confusion_matrix"], out / "confusion_matrix.png", title=f"{config.arch}: test (epoch {best['epoch']})")
     plot_loss_curves(history, out / "loss_curves.png", title=f"{config.arch}: loss")
@@ -139,12 +129,13 @@ def main(argv: list[str] | None = None) -> int:
         "history": history,
         "best_val": best["val"],
         "test": test,
+        "clinical": clinical,
     }
     write_json(out / "metrics.json", metrics)
     print(
         f"Best epoch {best['epoch']} (val fracture F1 {best['value']:.4f}). Test: accuracy {test['accuracy']:.4f}, "
         f"fracture sensitivity {test['fracture_sensitivity']:.4f}, specificity {test['fracture_specificity']:.4f}, "
-        f"F1 {test['fracture_f1']:.4f}, ROC AUC {test['roc_auc']:.4f}.\nResults in {out}"
+        f"F1 {test['fracture_f1']:.4f}, ROC AUC {test['roc_auc']:.4f}.\n" + "\n".join(format_clinical(clinical)) + f"\nResults in {out}"
     )
     return 0
 

@@ -10,8 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
-from torch import nn
 
 from fracture_models import models
 from fracture_models.models import ENTRY_POINT_GROUP, architecture, list_models, register_model

@@ -22,7 +22,8 @@ def test_short_cpu_training_beats_chance_and_writes_every_output(learnable_downl
     out = tmp_path / "run"
     code = main(["--arch", "cnn", "--data-dir", str(learnable_download), "--image-size", "64", "--epochs", "8", "--batch-size", "16", "--out", str(out), "--quiet"])
     assert code == 0
-    for name in ("metrics.json", "config.json", "checkpoint.pt", "confusion_matrix.png", "loss_curves.png", "excluded_files.csv"):
+    for name in ("metrics.json", "config.json", "checkpoint.pt", "confusion_matrix.png", "loss_curves.png", "excluded_files.csv",
+                 "test_roc_curve.png", "test_reliability.png", "test_gradcam.png"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["history"]) == 8
@@ -32,6 +33,10 @@ def test_short_cpu_training_beats_chance_and_writes_every_output(learnable_downl
     test = metrics["test"]
     assert test["num_images"] == 100 and test["positive_class"] == "fractured"
     assert sum(map(sum, test["confusion_matrix"]["matrix"])) == 100
+    # The clinical report a search's winner gets: intervals, an operating point and calibration chosen on validation.
+    clinical = metrics["clinical"]
+    assert clinical["num_images"] == 100 and clinical["operating_point"]["chosen_on"] == "val"
+    assert clinical["at_0.5"]["fracture_sensitivity"]["value"] == test["fracture_sensitivity"]
     checkpoint = load_checkpoint(out / "checkpoint.pt")  # weights_only=True
     assert checkpoint["epoch"] == best and checkpoint["config"]["arch"] == "cnn"
     assert set(checkpoint) >= {"model", "optimizer", "scheduler", "epoch", "config"}

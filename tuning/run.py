@@ -287,10 +287,11 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     from tuning.searcher import LOST_WITH_DRIVER, RAY_TRIAL_ID, make_searcher, open_storage
     from tuning.confirmation import CONFIRMS, run_confirmation
     from tuning.summary import (
-        best_checkpoint_dir, best_single_run, evaluate_winner, format_summary, is_baseline, study_reference, trial_id_of, trial_rows,
+        best_checkpoint_dir, best_single_run, format_summary, is_baseline, study_reference, trial_id_of, trial_rows,
         where_to_look, write_report,
     )
-    from tuning.trainable import CHECKPOINT_SCORE, train_fracture_model
+    from fracture_models.evaluate import evaluate_checkpoint
+    from tuning.trainable import CHECKPOINT_FILE, CHECKPOINT_SCORE, train_fracture_model
     from tuning.tracking import SearchTracker, check_reachable, resolve_tracking_uri, save_winner_model, tracking_note
 
     _validate(args)
@@ -445,8 +446,8 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
     test_split = load_split(data_root, "test", job["image_size"], cache_dir=args.cache_dir, max_bad_fraction=args.max_bad_fraction)
     winner_checkpoint = best_checkpoint_dir(tested_result, mode)
     report_dir = Path(experiment) if local else tracker.files_dir("report")
-    test, clinical, winner_files = evaluate_winner(
-        winner_checkpoint, dataset.val, test_split, job["batch_size"], report_dir, target_sensitivity=args.target_sensitivity, seed=job["seed"],
+    test, clinical, winner_files = evaluate_checkpoint(
+        winner_checkpoint / CHECKPOINT_FILE, dataset.val, test_split, job["batch_size"], report_dir, target_sensitivity=args.target_sensitivity, seed=job["seed"],
     )
     summary = {
         "experiment": job["name"],
