@@ -199,10 +199,12 @@ class _InterruptAfter(tune.Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_interrupt_then_resume_runs_n_trials_none_twice(ray_session, tiny_download: Path, tmp_path: Path):
+def test_interrupt_then_resume_runs_n_trials_none_twice(ray_session, tiny_download: Path, tmp_path: Path, capsys):
+    import shlex
+
     from tuning.run import get_args_parser, run_search
 
-    args = _args(tiny_download, tmp_path, "resumable", "--num-samples", "5", "--epochs", "3", "--scheduler", "none")
+    args = _args(tiny_download, tmp_path, "resumable", "--num-samples", "5", "--epochs", "3", "--scheduler", "none", "--confirm-top", "0")
     code = run_search(get_args_parser().parse_args(args), callbacks=[_InterruptAfter(2)])
     assert code == 130
     study = _study(tmp_path, "resumable")
@@ -210,7 +212,14 @@ def test_interrupt_then_resume_runs_n_trials_none_twice(ray_session, tiny_downlo
     assert 2 <= len(finished_before) < 5
     assert not (tmp_path / "resumable" / "summary.json").exists()
 
-    assert main(args + ["--resume"]) == 0
+    # The printed command is complete: the job's record (job.json) supplies every other setting.
+    printed = capsys.readouterr().err.split("Continue with: ", 1)[1].splitlines()[0]
+    command = shlex.split(printed)
+    assert command[:3] == ["python", "-m", "tuning.run"] and "--data-dir" not in command and "--epochs" not in command
+    # A flag that contradicts the record is refused before any work.
+    with pytest.raises(UserError, match=r"--epochs 4 \(the job has 3\)"):
+        main([*command[3:], "--epochs", "4"])
+    assert main(command[3:]) == 0
     trials = _study(tmp_path, "resumable").trials
     assert len(trials) == 5 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     ray_ids = [t.user_attrs[RAY_TRIAL_ID] for t in trials]

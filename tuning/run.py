@@ -4,19 +4,23 @@
 
 Trials run wherever the Ray cluster has room (every GPU of this machine, or of the cluster
 given by --address). The baseline is the first trial; the Optuna study lives in a persistent
-storage; ASHA stops poor trials early. The winner is chosen on validation and its best
-checkpoint is evaluated once on the test split. Results go to <storage-path>/<name>/.
+storage; ASHA stops poor trials early. The top configurations are confirmed with more seeds, the
+winner is chosen on validation and its best checkpoint is evaluated once on the test split.
+Results go to <storage-path>/<name>/.
+
+`run_search` reads as its stages: prepare (settings, checks that fail fast), load (audit and
+decode), open (the job's record, Optuna storage and MLflow runs), search, confirm, finish.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from fracture_models.audit import DROPPED_FILE, audit_dataset, duplicates_to_drop, write_audit, write_dropped
@@ -26,15 +30,15 @@ from fracture_models.data import FractureDataset, load_dataset, load_split, reso
 from fracture_models.errors import UserError
 from fracture_models.metrics import DEFAULT_SELECTION_METRIC, SELECTION_METRICS, metric_mode
 from fracture_models.models import architecture, check_weights_available, resolve_weights
-from fracture_models.records import REDACTED, redact_url, write_json
-from fracture_models.study import BASELINE_HYPERPARAMETERS
+from fracture_models.records import redact_url
 from fracture_models.synthetic import is_generated
-from tuning.confirmation import DEFAULT_BUDGET, DEFAULT_EXTRA_SEEDS, DEFAULT_TOP
+from tuning.confirmation import CONFIRMATION_DIR, CONFIRMS, DEFAULT_BUDGET, DEFAULT_EXTRA_SEEDS, DEFAULT_TOP, run_confirmation
+from tuning.job import JobSpec, apply_record, from_args, read_record, resume_command, write_record
+from tuning.tracking.connect import check_reachable, resolve_tracking_uri
 
 logger = logging.getLogger("tuning.run")
 
 METRICS = {name: metric_mode(name) for name in SELECTION_METRICS}  # validation only: selection never looks at test
-JOB_FILE = "job.json"
 AUDIT_DIR = "audit"
 
 
@@ -101,7 +105,7 @@ def _validate(args: argparse.Namespace) -> None:
         raise UserError(f"--num-samples must be at least 1, got {args.num_samples}.")
     if args.grace_period < 1 or args.reduction_factor <= 1:
         raise UserError("--grace-period must be >= 1 and --reduction-factor > 1.")
-    if args.rung_epochs is not None and min(args.rung_epochs) < 1:
+    if args.rung_epochs and min(args.rung_epochs) < 1:
         raise UserError(f"--rung-epochs must be epochs >= 1, got {args.rung_epochs}.")
     if args.max_concurrent < 0 or args.max_failures < 0:
         raise UserError("--max-concurrent and --max-failures must be >= 0.")
@@ -111,8 +115,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise UserError("--confirm-top and --confirm-seeds must be >= 0, and --confirm-budget a fraction >= 0.")
 
 
-def _experiment_path(args: argparse.Namespace, name: str) -> str:
-    root = args.storage_path
+def _experiment_path(storage_path: str, name: str) -> str:
+    root = storage_path
     if "://" not in root:
         root = str(Path(root).expanduser().resolve())
     return f"{root.rstrip('/')}/{name}"
@@ -129,54 +133,12 @@ def _init_ray(address: str | None) -> None:
         raise UserError(f"Could not connect to the Ray cluster at {address}: {exc}. Start it with `ray start --head` or drop --address.") from exc
 
 
-def _unredacted(url: str | None, flag: str) -> str | None:
-    """A URL from job.json, unless its password was left out: then the user must give it again."""
-    if url and f":{REDACTED}@" in url:
-        raise UserError(f"job.json keeps {url} without its password: pass {flag} again to resume.")
-    return url
-
-
-def _user() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no name for this uid (some containers)
-        return "unknown"
-
-
-def _job_record(args: argparse.Namespace, name: str, metric: str, mode: str, data_root: Path, fingerprint: str) -> dict:
-    """What defines a search: written to job.json, tagged on its MLflow parent run."""
-    from tuning.schedulers import default_rung_metric, rung_epochs
-    from tuning.search_space import describe, search_space
-    from tuning.tracking import git_commit, package_versions
-
-    return {
-        "name": name,
-        "arch": args.arch,
-        "num_samples": args.num_samples,
-        "epochs": args.epochs,
-        "image_size": args.image_size,
-        "batch_size": args.batch_size,
-        "weights": args.weights,
-        "seed": args.seed,
-        "metric": metric,
-        "mode": mode,
-        "team": args.team,
-        "user": _user(),
-        "data_root": str(data_root),
-        "data_fingerprint": fingerprint,
-        "sampler": args.sampler,
-        "sampler_seed": args.seed if args.sampler_seed is None else args.sampler_seed,
-        "scheduler": {"name": args.scheduler, "grace_period": args.grace_period, "reduction_factor": args.reduction_factor, "rung_metric": args.rung_metric or default_rung_metric(args.metric),
-                      "rung_epochs": rung_epochs(args.epochs, args.grace_period, args.rung_epochs)},
-        "search_space": describe(search_space(args.arch)),
-        "baseline": dict(BASELINE_HYPERPARAMETERS),
-        "confirmation": {"top": args.confirm_top, "extra_seeds": args.confirm_seeds, "budget": args.confirm_budget},
-        "generated_data": is_generated(data_root),
-        "git_commit": git_commit(),
-        "package_versions": package_versions(),
-    }
+def given_flags(argv: list[str] | None) -> set[str]:
+    """The destinations of the flags the user typed (defaults left out): what --resume may not override."""
+    parser = get_args_parser(add_help=False)
+    for action in parser._actions:  # argparse offers no public way to tell a default from a typed value
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
 
 
 def _apply_audit(audit: dict, dataset: FractureDataset, dedupe: bool) -> list[dict]:
@@ -211,128 +173,110 @@ def _publish(folder: Path, uri: str) -> None:
     pyarrow.fs.copy_files(str(folder), uri)
 
 
-class ConfirmationInterrupted(Exception):
-    """The confirmation runs stopped before all of them ended (Ctrl-C)."""
+@dataclass(frozen=True)
+class Resources:
+    """Where trials run: may differ between a job and its resume, so not part of its record."""
+
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int
+    max_failures: int
 
 
-def _resume_hint(job: dict, args: argparse.Namespace) -> str:
-    return f"Continue with: python -m tuning.run --arch {job['arch']} --name {job['name']} --storage-path {args.storage_path} --resume ..."
+@dataclass
+class Job:
+    """A job being run: its spec and the handles the stages share."""
+
+    spec: JobSpec
+    experiment: str
+    storage_path: str
+    resources: Resources
+    dataset: FractureDataset
+    storage: object  # the Optuna storage
+    optuna_url: str
+    tracker: object  # tuning.tracking.SearchTracker
+    audit_dir: Path
+    cache_dir: Path | None
+    max_bad_fraction: float
+
+    @property
+    def local(self) -> bool:
+        return "://" not in self.experiment
+
+    def resume_hint(self) -> str:
+        return f"Continue with: {resume_command(self.spec, self.storage_path)}"
 
 
-def _rows_by_result(results, rows: list[dict]) -> list[dict]:
-    """`rows` (ranked) in the order of `results`."""
-    from tuning.summary import trial_id_of
-
-    by_id = {row["trial_id"]: row for row in rows}
-    return [by_id[trial_id_of(r)] for r in results]
+class Interrupted(Exception):
+    """A stage stopped before its trials or runs all ended (Ctrl-C); `--resume` continues it."""
 
 
-def _fit_confirmation(runs: list, trainable, experiment: str, job: dict, tracker, gpus: float, args: argparse.Namespace):
-    """Train the planned confirmation runs as a Tune experiment of their own, <experiment>/confirmation:
-    full length (no scheduler), no searcher (never Optuna trials), each a nested MLflow run
-    tagged role=confirmation. An interrupted confirmation continues under --resume."""
-    from ray import tune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    from tuning.callbacks import DropOptimizerState, MlflowLoggingCallback
-    from tuning.confirmation import CONFIRMATION_DIR, CONFIRMS
-    from tuning.progress import search_progress, trial_name
-    from tuning.search_space import baseline_point
-    from tuning.tracking import CONFIRMATION_ROLE
-    from tuning.trainable import CHECKPOINT_SCORE
-
-    metric, mode = job["metric"], job["mode"]
-    path = f"{experiment}/{CONFIRMATION_DIR}"
-    keys = [*baseline_point(), "seed", CONFIRMS]
-    logger.info("Confirmation: %d runs of the top configurations and the baseline with more seeds", len(runs))
-    if tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space={key: None for key in keys},  # every value comes from the planned points
-            tune_config=tune.TuneConfig(
-                metric=metric, mode=mode, search_alg=BasicVariantGenerator(points_to_evaluate=[run.config() for run in runs]),
-                num_samples=len(runs), max_concurrent_trials=args.max_concurrent or None, reuse_actors=True,
-                trial_name_creator=trial_name, trial_dirname_creator=trial_name,
-            ),
-            run_config=tune.RunConfig(
-                name=CONFIRMATION_DIR,
-                storage_path=experiment,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=CHECKPOINT_SCORE, checkpoint_score_order=mode),
-                failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                progress_reporter=search_progress(metric),
-                callbacks=[MlflowLoggingCallback(tracker, keys, role=CONFIRMATION_ROLE), DropOptimizerState()],
-                verbose=1,
-            ),
-        )
-    results = tuner.fit()
-    tracker.reload_outbox()
-    unfinished = [r for r in results if not r.error and int((r.metrics or {}).get("training_iteration") or 0) < job["epochs"]]
-    if unfinished:
-        raise ConfirmationInterrupted(f"{len(results) - len(unfinished)} of {len(results)} runs ended")
-    return results
+# ---------------------------------------------------------------------------------------------
+# Stages
 
 
-def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> int:
-    """The whole job; returns the exit code. `callbacks` are extra Ray Tune callbacks."""
-    import optuna
+def prepare(args: argparse.Namespace, given: set[str] | None) -> tuple[argparse.Namespace, str, dict | None, Resources]:
+    """Settings resolved (from job.json on --resume), and every check that can fail before work."""
     from ray import tune
 
-    from tuning.callbacks import DropOptimizerState, MlflowLoggingCallback
-    from tuning.progress import quiet_libraries, search_progress, trial_name
+    from tuning.progress import quiet_libraries
     from tuning.resources import check_trial_resources, default_gpus_per_trial
-    from tuning.schedulers import make_scheduler
-    from tuning.search_space import baseline_point, search_space
-    from tuning.searcher import LOST_WITH_DRIVER, RAY_TRIAL_ID, make_searcher, open_storage
-    from tuning.confirmation import CONFIRMS, run_confirmation
-    from tuning.summary import (
-        best_checkpoint_dir, best_single_run, format_summary, is_baseline, study_reference, trial_id_of, trial_rows,
-        where_to_look, write_report,
-    )
-    from fracture_models.evaluate import evaluate_checkpoint
-    from tuning.trainable import CHECKPOINT_FILE, CHECKPOINT_SCORE, train_fracture_model
-    from tuning.tracking import SearchTracker, check_reachable, resolve_tracking_uri, save_winner_model, tracking_note
 
     _validate(args)
-    metric, mode = args.metric, METRICS[args.metric]
     name = args.name or f"{args.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    experiment = _experiment_path(args, name)
+    experiment = _experiment_path(args.storage_path, name)
     local = "://" not in experiment
     if local and not args.resume and Path(experiment).exists():
         raise UserError(f"Experiment {experiment} exists already: pass --resume to continue it, or choose another --name.")
-    if args.resume and not tune.Tuner.can_restore(experiment):
-        raise UserError(f"Nothing to resume at {experiment}: check --name and --storage-path.")
-
+    record = None
+    if args.resume:
+        if not tune.Tuner.can_restore(experiment):
+            raise UserError(f"Nothing to resume at {experiment}: check --name and --storage-path.")
+        record = read_record(experiment)
+        if record is not None:
+            args = apply_record(args, record, given if given is not None else set(vars(args)))
+            _validate(args)
+    args.name = name
     args.weights = resolve_weights(args.arch, args.weights)
     check_weights_available(args.arch, args.weights)  # before data is generated or decoded
-    data_root = resolve_dataset_root(resolve_data_dir(args))
+    args.data_root = resolve_dataset_root(resolve_data_dir(args))
     # Resources are checked before minutes of decoding, so an impossible request fails at once.
     quiet_libraries()
     _init_ray(args.address)
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else default_gpus_per_trial()
     check_trial_resources(args.cpus_per_trial, gpus)
-    job_file = Path(experiment) / JOB_FILE if local else None
-    previous = json.loads(job_file.read_text()) if args.resume and job_file is not None and job_file.is_file() else None
-    tracking_uri = resolve_tracking_uri(args.tracking_uri or _unredacted((previous or {}).get("tracking_uri"), "--tracking-uri"))
-    check_reachable(tracking_uri)
+    args.tracking_uri = resolve_tracking_uri(args.tracking_uri)
+    check_reachable(args.tracking_uri)
+    return args, experiment, record, Resources(args.cpus_per_trial, gpus, args.max_concurrent, args.max_failures)
 
-    dedupe = args.dedupe or bool((previous or {}).get("audit", {}).get("dedupe"))
-    audit = audit_dataset(data_root, cache_dir=args.cache_dir, progress=True)
-    dataset = load_dataset(data_root, args.image_size, splits=("train", "val"), cache_dir=args.cache_dir, max_bad_fraction=args.max_bad_fraction, progress=True)
+
+def load(args: argparse.Namespace, record: dict | None) -> tuple[FractureDataset, dict, list[dict]]:
+    """The audit (warnings, --dedupe) and the decoded train and validation splits."""
+    dedupe = args.dedupe or bool((record or {}).get("audit", {}).get("dedupe"))
+    audit = audit_dataset(args.data_root, cache_dir=args.cache_dir, progress=True)
+    dataset = load_dataset(args.data_root, args.image_size, splits=("train", "val"), cache_dir=args.cache_dir, max_bad_fraction=args.max_bad_fraction, progress=True)
     dropped = _apply_audit(audit, dataset, dedupe)
-    job = _job_record(args, name, metric, mode, data_root, dataset.fingerprint)
-    job["audit"] = {
+    summary = {
         "cross_split_groups": audit["cross_split_groups"], "flagged_shortcuts": audit["flagged_shortcuts"],
         "bad_files": len(audit["bad_files"]), "dedupe": dedupe, "dropped": len(dropped),
     }
-    if previous is not None:
-        for key in ("arch", "data_fingerprint", "image_size", "epochs", "metric"):
-            if previous.get(key) != job[key]:
-                raise UserError(f"--resume of {name}: {key} was {previous.get(key)!r}, now {job[key]!r}. Resume with the same data and settings.")
-        job = {"confirmation": job["confirmation"], "generated_data": job["generated_data"], **previous}  # a job.json from before these keys
+    return dataset, {**audit, "job_summary": summary}, dropped
 
-    optuna_url = args.optuna_storage or _unredacted(job.get("optuna_storage"), "--optuna-storage") or (f"sqlite:///{experiment}/optuna.db" if local else None)
+
+def open_job(args, experiment: str, record: dict | None, resources: Resources, dataset: FractureDataset, audit: dict, dropped: list[dict]) -> Job:
+    """The job's spec (new, or its record checked against the data), Optuna storage, MLflow runs and job.json."""
+    from tuning.searcher import open_storage
+    from tuning.tracking import SearchTracker
+
+    spec = from_args(args, name=args.name, data_root=args.data_root, data_fingerprint=dataset.fingerprint,
+                     generated_data=is_generated(args.data_root), audit=audit["job_summary"])
+    if record is not None:
+        for key in ("arch", "data_fingerprint", "image_size", "epochs", "metric"):
+            if record.get(key) != getattr(spec, key):
+                raise UserError(f"--resume of {spec.name}: {key} was {record.get(key)!r}, now {getattr(spec, key)!r}. Resume with the same data and settings.")
+        spec = JobSpec.from_json({"generated_data": spec.generated_data, "target_sensitivity": args.target_sensitivity, **record})
+    local = "://" not in experiment
+    optuna_url = args.optuna_storage or (f"sqlite:///{experiment}/optuna.db" if local else None)
     if optuna_url is None:
         raise UserError("With a remote --storage-path, give --optuna-storage (e.g. a PostgreSQL URL).")
     if local and optuna_url == f"sqlite:///{experiment}/optuna.db":
@@ -343,127 +287,205 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
         raise UserError(f"Cannot open the Optuna storage {redact_url(optuna_url)}: {exc}. Nothing was trained.") from exc
     if local:
         Path(experiment).mkdir(parents=True, exist_ok=True)
-    job["optuna_storage"] = redact_url(optuna_url)  # job.json and MLflow never hold a password
-    job["tracking_uri"] = redact_url(tracking_uri)
-    tracker = SearchTracker(tracking_uri, job, Path(experiment) if local else None)
+    # job.json and MLflow never hold a password.
+    spec = spec.replace(optuna_storage=redact_url(optuna_url), tracking_uri=redact_url(args.tracking_uri))
+    tracker = SearchTracker(args.tracking_uri, spec, Path(experiment) if local else None)
     try:
-        job["mlflow_parent_run_id"] = tracker.start(resume=args.resume)
+        spec = spec.replace(mlflow_parent_run_id=tracker.start(resume=args.resume))
     except Exception as exc:  # noqa: BLE001 - the store went away since the check
-        raise UserError(f"MLflow at {redact_url(tracking_uri)} failed as the job started: {exc}. Nothing was trained.") from exc
-    if job_file is not None:
-        write_json(job_file, job)
+        raise UserError(f"MLflow at {redact_url(args.tracking_uri)} failed as the job started: {exc}. Nothing was trained.") from exc
+    tracker.job = spec
+    write_record(experiment, spec)
     audit_dir = Path(experiment) / AUDIT_DIR if local else tracker.files_dir(AUDIT_DIR)
-    write_audit(audit, audit_dir)
+    write_audit({k: v for k, v in audit.items() if k != "job_summary"}, audit_dir)
     if dropped:
         write_dropped(dropped, audit_dir)
     tracker.submit("artifact", trial_id=None, path=str(audit_dir), artifact_path=AUDIT_DIR)
+    return Job(spec, experiment, args.storage_path, resources, dataset, storage, optuna_url, tracker, audit_dir, args.cache_dir, args.max_bad_fraction)
 
-    base_config = {k: job[k] for k in ("arch", "epochs", "image_size", "batch_size", "weights", "seed")}
-    trainable = tune.with_resources(
+
+def make_trainable(job: Job):
+    """The one trainable of the search and its confirmation: data handed to trials once."""
+    from ray import tune
+
+    from tuning.trainable import train_fracture_model
+
+    spec = job.spec
+    return tune.with_resources(
         tune.with_parameters(
-            train_fracture_model, base_config=base_config, metric=metric, mode=mode, train_split=dataset.train, val_split=dataset.val,
-            architecture=architecture(job["arch"]),
+            train_fracture_model, base_config=spec.base_config, metric=spec.metric, mode=spec.mode,
+            train_split=job.dataset.train, val_split=job.dataset.val, architecture=architecture(spec.arch),
         ),
-        {"cpu": args.cpus_per_trial, "gpu": gpus},
+        {"cpu": job.resources.cpus_per_trial, "gpu": job.resources.gpus_per_trial},
     )
 
+
+def _run_config(job: Job, name: str, storage_path: str, callbacks: list):
+    from ray import tune
+
+    from tuning.progress import search_progress
+    from tuning.trainable import CHECKPOINT_SCORE
+
+    return tune.RunConfig(
+        name=name,
+        storage_path=storage_path,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=CHECKPOINT_SCORE, checkpoint_score_order=job.spec.mode),
+        failure_config=tune.FailureConfig(max_failures=job.resources.max_failures),
+        progress_reporter=search_progress(job.spec.metric),
+        callbacks=callbacks,
+        verbose=1,
+    )
+
+
+def search(job: Job, trainable, *, resume: bool, callbacks: list | None = None):
+    """The Tune experiment: Optuna proposing, ASHA stopping; returns its results and the study.
+    Raises `Interrupted` when fewer trials than the job's budget have ended."""
+    import optuna
+    from ray import tune
+
+    from tuning.callbacks import DropOptimizerState, MlflowLoggingCallback
+    from tuning.progress import trial_name
+    from tuning.schedulers import make_scheduler
+    from tuning.search_space import baseline_point, search_space
+    from tuning.searcher import LOST_WITH_DRIVER, RAY_TRIAL_ID, make_searcher
+
+    spec = job.spec
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the trimmed table below instead of Ray's default output
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # expected: we checkpoint every epoch
-    if args.resume:
-        logger.info("Resuming %s", experiment)
-        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    if resume:
+        logger.info("Resuming %s", job.experiment)
+        tuner = tune.Tuner.restore(job.experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         searcher = make_searcher(
-            search_space(args.arch), metric=metric, mode=mode, study_name=name, storage=storage,
-            seed=job["sampler_seed"], num_samples=args.num_samples, max_epochs=args.epochs, sampler=args.sampler,
+            search_space(spec.arch), metric=spec.metric, mode=spec.mode, study_name=spec.name, storage=job.storage,
+            seed=spec.sampler_seed, num_samples=spec.num_samples, max_epochs=spec.epochs, sampler=spec.sampler,
         )
-        rungs = job["scheduler"]
+        rungs = spec.scheduler
         scheduler = make_scheduler(
-            args.scheduler, metric=metric, rung_metric=rungs["rung_metric"], rung_mode=METRICS[rungs["rung_metric"]],
-            max_epochs=args.epochs, rung_epochs=rungs["rung_epochs"], reduction_factor=args.reduction_factor,
+            rungs["name"], metric=spec.metric, rung_metric=rungs["rung_metric"], rung_mode=metric_mode(rungs["rung_metric"]),
+            max_epochs=spec.epochs, rung_epochs=rungs["rung_epochs"], reduction_factor=rungs["reduction_factor"],
         )
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                metric=metric, mode=mode, search_alg=searcher, scheduler=scheduler, num_samples=args.num_samples,
-                max_concurrent_trials=args.max_concurrent or None, reuse_actors=True,
+                metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
+                max_concurrent_trials=job.resources.max_concurrent or None, reuse_actors=True,
                 trial_name_creator=trial_name, trial_dirname_creator=trial_name,
             ),
-            run_config=tune.RunConfig(
-                name=name,
-                storage_path=experiment.rsplit("/", 1)[0],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=CHECKPOINT_SCORE, checkpoint_score_order=mode),
-                failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                progress_reporter=search_progress(metric),
-                callbacks=[MlflowLoggingCallback(tracker, baseline_point().keys()), DropOptimizerState(), *(callbacks or [])],
-                verbose=1,
-            ),
+            run_config=_run_config(job, spec.name, job.experiment.rsplit("/", 1)[0],
+                                   [MlflowLoggingCallback(job.tracker, baseline_point().keys()), DropOptimizerState(), *(callbacks or [])]),
         )
     results = tuner.fit()
-    tracker.reload_outbox()  # a restored experiment logged through its own (unpickled) tracker
+    job.tracker.reload_outbox()  # a restored experiment logged through its own (unpickled) tracker
 
-    study = optuna.load_study(study_name=job["name"], storage=storage)
+    study = optuna.load_study(study_name=spec.name, storage=job.storage)
     lost = [t for t in study.trials if t.user_attrs.get(LOST_WITH_DRIVER)]
     for trial in lost:
-        tracker.trial_lost(trial.user_attrs.get(RAY_TRIAL_ID, ""))
+        job.tracker.trial_lost(trial.user_attrs.get(RAY_TRIAL_ID, ""))
     finished = [t for t in study.trials if t.state.is_finished() and not t.user_attrs.get(LOST_WITH_DRIVER)]
-    total = job["num_samples"]
-    if len(finished) < total:
-        print(f"\nStopped with {len(finished)} of {total} trials finished; nothing is lost.\n{_resume_hint(job, args)}", file=sys.stderr)
-        tracker.job_interrupted()
-        return 130
+    if len(finished) < spec.num_samples:
+        raise Interrupted(f"{len(finished)} of {spec.num_samples} trials finished")
+    return results, study, lost
 
-    names = list(baseline_point())
-    rows = trial_rows(results, names, metric, mode, job["epochs"], tie_order={t.user_attrs.get(RAY_TRIAL_ID): t.number for t in study.trials})
-    best = best_single_run(rows)
-    if math.isnan(best[CHECKPOINT_SCORE]):
-        raise UserError(f"No trial of {job['name']} finished an epoch; see the trial errors under {experiment}.")
 
-    confirmed: dict = {}  # trial id -> (row, Tune result) of each confirmation run
+def _fit_confirmation(job: Job, trainable, runs: list):
+    """Train the planned confirmation runs as a Tune experiment of their own, <experiment>/confirmation:
+    full length (no scheduler), no searcher (never Optuna trials), each a nested MLflow run
+    tagged role=confirmation. An interrupted confirmation continues under --resume."""
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    def train_confirmation(runs: list) -> list[dict]:
-        confirm_results = _fit_confirmation(runs, trainable, experiment, job, tracker, gpus, args)
-        confirm_rows = trial_rows(confirm_results, [*names, "seed", CONFIRMS], metric, mode, job["epochs"])
-        confirmed.update({trial_id_of(r): (row, r) for r, row in zip(confirm_results, _rows_by_result(confirm_results, confirm_rows))})
-        return confirm_rows
+    from tuning.callbacks import DropOptimizerState, MlflowLoggingCallback
+    from tuning.progress import trial_name
+    from tuning.search_space import baseline_point
+    from tuning.tracking import CONFIRMATION_ROLE
 
-    confirmation = None
-    if job["confirmation"]["top"] > 0:
-        try:
-            confirmation = run_confirmation(
-                rows, names=names, baseline=baseline_point(), seed=job["seed"], mode=mode, metric=metric, epochs=job["epochs"],
-                epochs_trained=sum(r["epochs"] for r in rows), top=job["confirmation"]["top"],
-                extra_seeds=job["confirmation"]["extra_seeds"], budget=job["confirmation"]["budget"], train=train_confirmation,
-            )
-        except ConfirmationInterrupted as stopped:
-            print(f"\nStopped during confirmation ({stopped}); nothing is lost.\n{_resume_hint(job, args)}", file=sys.stderr)
-            tracker.job_interrupted()
-            return 130
+    path = f"{job.experiment}/{CONFIRMATION_DIR}"
+    keys = [*baseline_point(), "seed", CONFIRMS]
+    logger.info("Confirmation: %d runs of the top configurations and the baseline with more seeds", len(runs))
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={key: None for key in keys},  # every value comes from the planned points
+            tune_config=tune.TuneConfig(
+                metric=job.spec.metric, mode=job.spec.mode, search_alg=BasicVariantGenerator(points_to_evaluate=[run.config() for run in runs]),
+                num_samples=len(runs), max_concurrent_trials=job.resources.max_concurrent or None, reuse_actors=True,
+                trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+            ),
+            run_config=_run_config(job, CONFIRMATION_DIR, job.experiment, [MlflowLoggingCallback(job.tracker, keys, role=CONFIRMATION_ROLE), DropOptimizerState()]),
+        )
+    results = tuner.fit()
+    job.tracker.reload_outbox()
+    unfinished = [r for r in results if not r.error and int((r.metrics or {}).get("training_iteration") or 0) < job.spec.epochs]
+    if unfinished:
+        raise Interrupted(f"confirmation: {len(results) - len(unfinished)} of {len(results)} runs ended")
+    return results
+
+
+def confirm(job: Job, trainable, rows: list[dict]) -> tuple[dict | None, dict]:
+    """Retrain the top configurations and the baseline with more seeds (tuning.confirmation);
+    returns the confirmation and, by trial id, each confirmation run's (row, Tune result)."""
+    from tuning.search_space import baseline_point
+    from tuning.summary import trial_id_of, trial_rows
+
+    spec, settings = job.spec, job.spec.confirmation
+    runs_by_id: dict = {}
+    if settings["top"] <= 0:
+        return None, runs_by_id
+
+    def train(runs: list) -> list[dict]:
+        results = _fit_confirmation(job, trainable, runs)
+        ranked = trial_rows(results, [*baseline_point(), "seed", CONFIRMS], spec.metric, spec.mode, spec.epochs)
+        by_id = {row["trial_id"]: row for row in ranked}
+        runs_by_id.update({trial_id_of(r): (by_id[trial_id_of(r)], r) for r in results})
+        return ranked
+
+    confirmation = run_confirmation(
+        rows, names=list(baseline_point()), baseline=baseline_point(), seed=spec.seed, mode=spec.mode, metric=spec.metric,
+        epochs=spec.epochs, epochs_trained=sum(r["epochs"] for r in rows), top=settings["top"],
+        extra_seeds=settings["extra_seeds"], budget=settings["budget"], train=train,
+    )
+    return confirmation, runs_by_id
+
+
+def finish(job: Job, results, study, lost: list, rows: list[dict], best: dict, confirmation: dict | None, confirmed: dict, target_sensitivity: float) -> dict:
+    """Test the winner once, write the report, register the model, print the summary."""
+    from fracture_models.evaluate import evaluate_checkpoint
+    from tuning.search_space import baseline_point
+    from tuning.searcher import RAY_TRIAL_ID
+    from tuning.summary import best_checkpoint_dir, format_summary, is_baseline, study_reference, trial_id_of, where_to_look, write_report
+    from tuning.tracking import save_winner_model, tracking_note
+    from tuning.trainable import CHECKPOINT_FILE
+
+    spec, tracker = job.spec, job.tracker
     tested_id = (confirmation or {}).get("tested_run") or best["trial_id"]
     tested_row, tested_result = confirmed.get(tested_id) or (
         next(r for r in rows if r["trial_id"] == tested_id), next(r for r in results if trial_id_of(r) == tested_id)
     )
-    test_split = load_split(data_root, "test", job["image_size"], cache_dir=args.cache_dir, max_bad_fraction=args.max_bad_fraction)
-    winner_checkpoint = best_checkpoint_dir(tested_result, mode)
-    report_dir = Path(experiment) if local else tracker.files_dir("report")
+    test_split = load_split(Path(spec.data_root), "test", spec.image_size, cache_dir=job.cache_dir, max_bad_fraction=job.max_bad_fraction)
+    winner_checkpoint = best_checkpoint_dir(tested_result, spec.mode)
+    report_dir = Path(job.experiment) if job.local else tracker.files_dir("report")
     test, clinical, winner_files = evaluate_checkpoint(
-        winner_checkpoint / CHECKPOINT_FILE, dataset.val, test_split, job["batch_size"], report_dir, target_sensitivity=args.target_sensitivity, seed=job["seed"],
+        winner_checkpoint / CHECKPOINT_FILE, job.dataset.val, test_split, spec.batch_size, report_dir, target_sensitivity=target_sensitivity, seed=spec.seed,
     )
+    seconds = sum(r["seconds"] for r in rows)
     summary = {
-        "experiment": job["name"],
-        "arch": job["arch"],
-        "experiment_path": experiment,
-        "optuna_storage": redact_url(optuna_url),
-        "metric": metric,
-        "mode": mode,
+        "experiment": spec.name,
+        "arch": spec.arch,
+        "experiment_path": job.experiment,
+        "optuna_storage": redact_url(job.optuna_url),
+        "metric": spec.metric,
+        "mode": spec.mode,
         "num_trials": len(rows),
         "trials_stopped_early": sum(r["status"] == "stopped early" for r in rows),
         "trials_failed": sum(r["status"] == "failed" for r in rows),
         "trials_lost_with_driver": [{"optuna_number": t.number, "ray_trial_id": t.user_attrs.get(RAY_TRIAL_ID)} for t in lost],
         "epochs_trained": sum(r["epochs"] for r in rows),
-        "epochs_budget": len(rows) * job["epochs"],
-        "trial_hours": sum(r["seconds"] for r in rows) / 3600,
-        "gpu_hours": sum(r["seconds"] for r in rows) / 3600 * gpus,
+        "epochs_budget": len(rows) * spec.epochs,
+        "trial_hours": seconds / 3600,
+        "gpu_hours": seconds / 3600 * job.resources.gpus_per_trial,
         "baseline": baseline_point(),
         "baseline_trial": next((r for r in rows if is_baseline(r, baseline_point())), None),
         "best_trial": best,
@@ -471,29 +493,57 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None) -> in
         "tested_trial": tested_row,
         "test": test,
         "test_evaluated_for": tested_id,
-        "generated_data": job["generated_data"],
+        "generated_data": spec.generated_data,
         "clinical": clinical,
-        "study_reported": study_reference(job["arch"]),
+        "study_reported": study_reference(spec.arch),
         "trials": rows,
-        "job": job,
+        "job": spec.to_json(),
     }
     report_files = write_report(report_dir, summary, results, study) + winner_files
-    if not local:  # the report and audit beside the checkpoints, as in a local experiment folder
-        _publish(report_dir, experiment)
-        _publish(audit_dir, f"{experiment}/{AUDIT_DIR}")
+    if not job.local:  # the report and audit beside the checkpoints, as in a local experiment folder
+        _publish(report_dir, job.experiment)
+        _publish(job.audit_dir, f"{job.experiment}/{AUDIT_DIR}")
     model_dir = save_winner_model(winner_checkpoint, tracker.files_dir("model"))
     tracker.job_finished(summary, report_files, model_dir)
     print("\n" + format_summary(summary))
-    print("\n" + where_to_look(experiment, redact_url(optuna_url), local))
+    print("\n" + where_to_look(job.experiment, redact_url(job.optuna_url), job.local))
     print(tracking_note(tracker))
     tracker.close()
+    return summary
+
+
+def run_search(args: argparse.Namespace, *, callbacks: list | None = None, given: set[str] | None = None) -> int:
+    """The whole job; returns the exit code. `callbacks` are extra Ray Tune callbacks of the search;
+    `given` the flags typed on the command line (default: every flag counts as given)."""
+    from tuning.searcher import RAY_TRIAL_ID
+    from tuning.search_space import baseline_point
+    from tuning.summary import best_single_run, trial_rows
+    from tuning.trainable import CHECKPOINT_SCORE
+
+    args, experiment, record, resources = prepare(args, given)
+    dataset, audit, dropped = load(args, record)
+    job = open_job(args, experiment, record, resources, dataset, audit, dropped)
+    trainable = make_trainable(job)
+    try:
+        results, study, lost = search(job, trainable, resume=args.resume, callbacks=callbacks)
+        tie_order = {t.user_attrs.get(RAY_TRIAL_ID): t.number for t in study.trials}
+        rows = trial_rows(results, list(baseline_point()), job.spec.metric, job.spec.mode, job.spec.epochs, tie_order=tie_order)
+        best = best_single_run(rows)
+        if math.isnan(best[CHECKPOINT_SCORE]):
+            raise UserError(f"No trial of {job.spec.name} finished an epoch; see the trial errors under {experiment}.")
+        confirmation, confirmed = confirm(job, trainable, rows)
+    except Interrupted as stopped:
+        print(f"\nStopped with {stopped}; nothing is lost.\n{job.resume_hint()}", file=sys.stderr)
+        job.tracker.job_interrupted()
+        return 130
+    finish(job, results, study, lost, rows, best, confirmation, confirmed, args.target_sensitivity)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     configure_logging()
-    return run_search(args)
+    return run_search(args, given=given_flags(argv if argv is not None else sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fracture_models.errors import UserError
 from fracture_models.records import REDACTED
+from tuning.job import JOB_FILE, JobSpec
 from tuning.tracking.connect import check_reachable
 from tuning.tracking.outbox import OUTBOX_FILE
 from tuning.tracking.tracker import SearchTracker
@@ -19,11 +20,11 @@ from tuning.tracking.tracker import SearchTracker
 
 def replay(experiment: Path, tracking_uri: str | None = None) -> int:
     """Send the writes an outage left in <experiment>/mlflow_outbox.jsonl."""
-    job = json.loads((experiment / "job.json").read_text())
+    job = JobSpec.from_json(json.loads((experiment / JOB_FILE).read_text()))
     if not (experiment / OUTBOX_FILE).exists():
         print(f"Nothing pending in {experiment}.")
         return 0
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or job["tracking_uri"]
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or job.tracking_uri
     if f":{REDACTED}@" in uri:
         raise UserError(f"job.json keeps {uri} without its password: pass the tracking URI as the second argument.")
     tracker = SearchTracker(uri, job, experiment)
@@ -31,7 +32,7 @@ def replay(experiment: Path, tracking_uri: str | None = None) -> int:
     tracker.start(resume=True)
     left = len(tracker.outbox.pending)
     if tracker.flush(force=True):
-        print(f"Sent {left} pending MLflow writes of {job['name']}.")
+        print(f"Sent {left} pending MLflow writes of {job.name}.")
         return 0
     print(f"{len(tracker.outbox.pending)} writes still pending in {experiment / OUTBOX_FILE}: is the server up?", file=sys.stderr)
     return 1

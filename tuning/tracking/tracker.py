@@ -7,14 +7,13 @@ resumed or replayed job reuses its runs instead of creating new ones.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from fracture_models.metrics import best_epoch, confusion_from_counts, run_state
 from fracture_models.plots import plot_confusion_matrix, plot_loss_curves
@@ -22,12 +21,15 @@ from fracture_models.records import redact_url
 from tuning.confirmation import CONFIRMS
 from tuning.tracking.connect import configure_client
 from tuning.tracking.names import (
-    CONFIRMATION_ROLE, GENERATED_DATA_TAG, GPU_HOURS_METRIC, JOB_TAG, ROLE_TAG, SEARCH_ROLE, STOPPED_EARLY_METRIC, TRIAL_HOURS_METRIC,
+    CONFIRMATION_ROLE, GPU_HOURS_METRIC, JOB_TAG, ROLE_TAG, SEARCH_ROLE, STOPPED_EARLY_METRIC, TRIAL_HOURS_METRIC,
     TRIAL_ROLE, TRIAL_TAG, TRIALS_METRIC, best_metric_name, confirm_metric_name, experiment_name,
 )
 from tuning.tracking.outbox import OUTBOX_FILE, RETRY_AFTER_S, Outbox
 from tuning.tracking.registry import register_winner
 from tuning.tracking.store import store_dir
+
+if TYPE_CHECKING:
+    from tuning.job import JobSpec
 
 logger = logging.getLogger("tuning.tracking")
 
@@ -39,15 +41,22 @@ REPORTED_PREFIXES = ("train_", "val_")
 class SearchTracker:
     """The job's MLflow runs. Holds strings only, so Ray Tune can pickle it with the experiment."""
 
-    def __init__(self, uri: str, job: Mapping, work_dir: Path | None) -> None:
+    def __init__(self, uri: str, job: JobSpec, work_dir: Path | None) -> None:
         self.uri = uri
-        self.job = dict(job)
+        self.job = job
         self.work_dir = work_dir
         self.experiment_id: str | None = None
-        self.parent_run_id: str | None = job.get("mlflow_parent_run_id")
+        self.parent_run_id: str | None = job.mlflow_parent_run_id
         self._client = None
         self._outbox: Outbox | None = None
         self._runs: dict[str, str] = {}
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state.get("job"), dict):  # pickled with an experiment from before JobSpec
+            from tuning.job import JobSpec
+
+            state = {**state, "job": JobSpec.from_json(state["job"])}
+        self.__dict__.update(state)
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_outbox")} | {"_client": None, "_outbox": None}
@@ -96,7 +105,7 @@ class SearchTracker:
     # -- the job's runs ---------------------------------------------------------------------
     def _experiment(self) -> str:
         if self.experiment_id is None:
-            name = experiment_name(self.job["arch"])
+            name = experiment_name(self.job.arch)
             found = self.client.get_experiment_by_name(name)
             if found is not None:
                 self.experiment_id = found.experiment_id
@@ -114,49 +123,17 @@ class SearchTracker:
         experiment = self._experiment()
         if self.parent_run_id is None and resume:
             found = self.client.search_runs(
-                [experiment], filter_string=f"tags.{JOB_TAG} = '{self.job['name']}' and tags.{ROLE_TAG} = '{SEARCH_ROLE}'", max_results=1
+                [experiment], filter_string=f"tags.{JOB_TAG} = '{self.job.name}' and tags.{ROLE_TAG} = '{SEARCH_ROLE}'", max_results=1
             )
             if found:
                 self.parent_run_id = found[0].info.run_id
         if self.parent_run_id is None:
-            run = self.client.create_run(experiment, run_name=self.job["name"], tags=self._parent_tags())
+            run = self.client.create_run(experiment, run_name=self.job.name, tags=self.job.to_mlflow_tags())
             self.parent_run_id = run.info.run_id
-            self.client.log_batch(self.parent_run_id, params=_params(self._parent_params()))
+            self.client.log_batch(self.parent_run_id, params=_params(self.job.to_mlflow_params()))
         else:
             self.client.update_run(self.parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return self.parent_run_id
-
-    def _parent_tags(self) -> dict[str, str]:
-        job = self.job
-        return {
-            ROLE_TAG: SEARCH_ROLE,
-            JOB_TAG: job["name"],
-            GENERATED_DATA_TAG: str(bool(job.get("generated_data"))).lower(),
-            "arch": job["arch"],
-            "team": job["team"],
-            "user": job["user"],
-            "metric": job["metric"],
-            "mode": job["mode"],
-            "data_fingerprint": job["data_fingerprint"],
-            "image_size": str(job["image_size"]),
-            "sampler": job.get("sampler", "tpe"),
-            "scheduler": json.dumps(job["scheduler"]),
-            "search_space": json.dumps(job["search_space"]),
-            "baseline": json.dumps(job["baseline"]),
-            "git_commit": job.get("git_commit", "unknown"),
-            "package_versions": json.dumps(job.get("package_versions", {})),
-            **{f"audit_{k}": json.dumps(v) if isinstance(v, list) else str(v) for k, v in job.get("audit", {}).items()},
-            "mlflow.note.content": (
-                f"Search of {job['num_samples']} trials of {job['arch']} around the study's baseline; "
-                f"selection on {job['metric']} (validation); the winner is tested once."
-            ),
-        }
-
-    def _parent_params(self) -> dict:
-        keys = ("arch", "num_samples", "epochs", "image_size", "batch_size", "weights", "seed", "metric", "sampler")
-        params = {k: self.job.get(k) for k in keys}
-        params.update({f"scheduler_{k}": v for k, v in self.job["scheduler"].items()})
-        return params
 
     def _run_for(self, trial_id: str, params: Mapping | None = None, role: str = TRIAL_ROLE) -> str:
         """The child run of a trial (role `trial`) or of a confirmation run (role `confirmation`):
@@ -172,15 +149,15 @@ class SearchTracker:
             run_id = found[0].info.run_id
         else:
             tags = {
-                "mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial_id, ROLE_TAG: role, JOB_TAG: self.job["name"],
-                "arch": self.job["arch"], "team": self.job["team"], "user": self.job["user"],
-                "data_fingerprint": self.job["data_fingerprint"], "state": "running",
+                "mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial_id, ROLE_TAG: role, JOB_TAG: self.job.name,
+                "arch": self.job.arch, "team": self.job.team, "user": self.job.user,
+                "data_fingerprint": self.job.data_fingerprint, "state": "running",
             }
             if role == CONFIRMATION_ROLE and params and params.get(CONFIRMS):
                 tags[CONFIRMS] = str(params[CONFIRMS])
             run_name = f"{'confirm' if role == CONFIRMATION_ROLE else 'trial'}_{trial_id}"
             run_id = self.client.create_run(self._experiment(), run_name=run_name, tags=tags).info.run_id
-            fixed = {k: self.job[k] for k in ("arch", "epochs", "image_size", "batch_size", "weights", "seed")}
+            fixed = self.job.base_config
             self.client.log_batch(run_id, params=_params({**fixed, **(params or {})}))
         self._runs[trial_id] = run_id
         return run_id
@@ -238,7 +215,7 @@ class SearchTracker:
 
     def trial_ended(self, trial_id: str, history: list[dict], *, failed: bool) -> None:
         """Final state, best epoch's confusion matrix and the loss curves of one trial."""
-        metric, mode, max_epochs = self.job["metric"], self.job["mode"], self.job["epochs"]
+        metric, mode, max_epochs = self.job.metric, self.job.mode, self.job.epochs
         epochs = max((row["training_iteration"] for row in history), default=0)
         state = run_state(epochs, max_epochs, failed=failed)
         tags = {"state": state, "stopped_early": str(state == "stopped early").lower(), "epochs_trained": epochs}
@@ -273,7 +250,7 @@ class SearchTracker:
         test.update(confirmation_metrics(summary.get("confirmation")))
         self.submit("metrics", trial_id=None, step=0, metrics=test, timestamp_ms=int(time.time() * 1000))
         best, tested = summary["best_trial"], summary.get("tested_trial") or summary["best_trial"]
-        tags = {"best_trial": best["trial_id"], "epochs_budget": summary["epochs_budget"], "image_size": self.job["image_size"]}
+        tags = {"best_trial": best["trial_id"], "epochs_budget": summary["epochs_budget"], "image_size": self.job.image_size}
         if summary.get("confirmation"):
             tags.update(confirm_winner=summary["confirmation"]["winner"], confirm_verdict=summary["confirmation"]["verdict"])
         self.submit("tags", trial_id=None, tags=tags)
@@ -282,8 +259,8 @@ class SearchTracker:
         if model_dir is not None:
             self.submit("register", model_dir=str(model_dir), description={
                 "metric": summary["metric"], "mode": summary["mode"], "value": tested["best_value"],
-                "data_fingerprint": self.job["data_fingerprint"], "trial_id": tested["trial_id"], "job_name": self.job["name"],
-                "team": self.job["team"], "test_accuracy": summary["test"]["accuracy"],
+                "data_fingerprint": self.job.data_fingerprint, "trial_id": tested["trial_id"], "job_name": self.job.name,
+                "team": self.job.team, "test_accuracy": summary["test"]["accuracy"],
                 "test_fracture_f1": summary["test"]["fracture_f1"],
             })
         self.submit("end", trial_id=None, status="FINISHED")
@@ -297,7 +274,7 @@ class SearchTracker:
 
     # -- the model registry --------------------------------------------------------------------
     def _register(self, model_dir: str, description: dict) -> None:
-        register_winner(self.client, self.job["arch"], self.parent_run_id, model_dir, description)
+        register_winner(self.client, self.job.arch, self.parent_run_id, model_dir, description)
 
     def close(self) -> None:
         """Remove the temporary folder of a job without a local experiment folder, once nothing waits to be sent."""
@@ -312,7 +289,7 @@ def tracking_note(tracker: SearchTracker, wait_s: float = 30.0) -> str:
     deadline = time.monotonic() + wait_s
     while not tracker.flush(force=True) and time.monotonic() < deadline:
         time.sleep(RETRY_AFTER_S)
-    name = experiment_name(tracker.job["arch"])
+    name = experiment_name(tracker.job.arch)
     if tracker.outbox.pending:
         return (
             f"MLflow: {len(tracker.outbox.pending)} writes could not be sent yet; they are kept in "
@@ -325,7 +302,7 @@ def tracking_note(tracker: SearchTracker, wait_s: float = 30.0) -> str:
         where = f"browse: {browse}, then open http://127.0.0.1:5000"
     else:
         where = f"browse: {redact_url(tracker.uri)}"
-    return f"MLflow: experiment {name}, parent run {tracker.job['name']} ({tracker.parent_run_id}); {where}"
+    return f"MLflow: experiment {name}, parent run {tracker.job.name} ({tracker.parent_run_id}); {where}"
 
 
 
