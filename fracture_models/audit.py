@@ -3,11 +3,23 @@
     python -m fracture_models.audit --data-dir DIR [--out FOLDER]
 
 * Exact duplicates share a content hash (sha256 of the file's bytes).
-* Near-duplicates (re-encoded, resized, flipped, slightly shifted copies) in two steps.
-  Candidates: pairs whose perceptual hashes (64-bit DCT hash, over the four flips) differ in
-  few bits, plus each image's nearest neighbours by the flip-symmetric magnitude spectrum of
-  its thumbnail, which a shift barely changes. Confirmed: the pair's thumbnails and their fine
-  detail both correlate highly at the best flip and shift (`match_correlation`).
+* Near-duplicates (re-encoded, resized, flipped, turned, scaled, shifted, cropped, re-exposed
+  copies) in two steps, on a 128 px grey thumbnail kept from the scan's single decode (aspect
+  kept; uint8, 16 KiB per image).
+  Candidates: pairs whose perceptual hashes (64-bit DCT hash, over the four flips) differ in few
+  bits, plus, of each image's `SHORTLIST` nearest neighbours by a shift-, rotation-, scale- and
+  mirror-free spectrum (the magnitudes of the FFT of the log-polar magnitude spectrum), the
+  `CANDIDATES` whose log-polar spectra phase-correlate best.
+  Confirmed: b is registered on a (`register`: mirror, rotation and scale from log-polar phase
+  correlation, shift from phase correlation, then Gauss-Newton refinement of the similarity with
+  gain and offset refitted), and then both must hold over the overlap (`match`): the fine detail
+  (band-pass, sigmas 0.8-2.5 px) correlates at >= `DEFAULT_MIN_DETAIL_CORRELATION`, and the
+  grain in the flattest half of 16 px patches (band-pass 1.2-3.0 px) at >= `MIN_GRAIN_CORRELATION`.
+  Detail alone does not transfer: after registration, two distinct smooth bones of the project's
+  generator (quickstart set) correlate in detail at up to 0.955 while its copies go down to 0.927;
+  their grain correlates at <= 0.56 against >= 0.61 for copies. Both measures are invariant to
+  brightness and contrast. Measured on 2 generators in benchmarks/audit_accuracy.py, figures in
+  benchmarks/README.md ("Audit accuracy").
 * A shortcut is a file attribute (format, mode, width, height) whose value predicts the class:
   the majority class of each value is learned on train and scored on val + test, as a model
   learning the shortcut would be. Flagged at a held-out balanced accuracy of at least
@@ -29,6 +41,7 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -42,22 +55,23 @@ from fracture_models.records import write_json
 
 logger = logging.getLogger(__name__)
 
-AUDIT_VERSION = 1
+AUDIT_VERSION = 2
 HASH_SIDE = 32  # the grey image is reduced to 32 x 32 before the DCT
 HASH_BITS = 8  # the 8 x 8 lowest frequencies give a 64-bit hash
 HASH_CANDIDATE_BITS = 8  # pairs within this many bits of 64 are candidates
-THUMB_SIDE = 64
-SPECTRUM_RADIUS = 8
-SPECTRUM_NEIGHBOURS = 3  # each image's nearest spectra are candidates too (they catch shifts)
-MAX_SHIFT = 4  # px of THUMB_SIDE (6%) tried when matching a candidate pair
-# A matched pair is a near-duplicate when both its thumbnails (overall shape) and their fine
-# detail (thumbnail minus its blur: edges, texture, noise) correlate. Measured on 500 generated
-# X-rays of 128 px with planted copies (here and in tests/test_audit.py): copies scored >= 0.96
-# and >= 0.79 (a 3% shift is the hardest), distinct images <= 0.945 and <= 0.70. Below 100 px the
-# detail thins out: at 96 px one distinct pair reached 0.965 and 0.83.
-MIN_SHAPE_CORRELATION = 0.95
-DEFAULT_MIN_DETAIL_CORRELATION = 0.75
-DETAIL_BLUR_SIGMA = 2.0  # thumbnail px
+THUMB_SIDE = 128  # the grey thumbnail kept per image (uint8, aspect kept, centred on a square)
+COARSE_SIDE = 64  # registration is searched at half the thumbnail's resolution, then refined
+LOG_POLAR_SHAPE = (64, 32)  # angles over 180 degrees x log-spaced radii of the spectrum
+LOG_POLAR_RADII = (1.5, 0.4 * COARSE_SIDE)  # spectrum radii (px of COARSE_SIDE) sampled
+MAX_SCALE = 1.5  # registration considers scales between 1 / MAX_SCALE and MAX_SCALE
+SHORTLIST = 24  # nearest neighbours per image by the rotation-, scale- and shift-free spectrum
+CANDIDATES = 3  # of those, the best by log-polar phase correlation are matched in full
+MIN_OVERLAP = 0.3  # of the smaller image's area, after registration
+DETAIL_BAND = (0.8, 2.5)  # the fine detail compared: Gaussian sigmas (thumbnail px) of a band-pass
+GRAIN_BAND = (1.2, 3.0)  # the grain compared in the flattest half of the 16 px patches
+GRAIN_PATCH = 16
+DEFAULT_MIN_DETAIL_CORRELATION = 0.92  # see the module docstring for the measured margins
+MIN_GRAIN_CORRELATION = 0.6
 SHORTCUT_ATTRIBUTES = ("format", "mode", "width", "height")
 SHORTCUT_BALANCED_ACCURACY = 0.7
 SHORTCUT_P_VALUE = 1e-3
@@ -92,7 +106,7 @@ class ImageRecord:
 
 
 # ---------------------------------------------------------------------------------------------
-# Fingerprints: a perceptual hash, a shift-invariant spectrum and a thumbnail per image
+# Fingerprints: a perceptual hash per image and its grey thumbnail
 
 
 def _dct_matrix(n: int) -> np.ndarray:
@@ -104,7 +118,6 @@ def _dct_matrix(n: int) -> np.ndarray:
 
 
 _DCT = _dct_matrix(HASH_SIDE)
-_WINDOW = np.outer(np.hanning(THUMB_SIDE), np.hanning(THUMB_SIDE))
 _FLIPS = (lambda x: x, lambda x: x[..., ::-1], lambda x: x[..., ::-1, :], lambda x: x[..., ::-1, ::-1])
 
 
@@ -118,24 +131,30 @@ def perceptual_hashes(grey: np.ndarray) -> tuple[str, ...]:
     return tuple(hashes)
 
 
-def spectrum(thumb: np.ndarray) -> np.ndarray:
-    """Log-magnitude of the low frequencies, symmetric under flips: a shifted or flipped copy
-    has (nearly) the same one. Unit-normalised, so a dot product is a cosine similarity."""
-    centred = (thumb - thumb.mean()) * _WINDOW
-    magnitude = np.fft.fftshift(np.abs(np.fft.fft2(centred)))
-    c, r = THUMB_SIDE // 2, SPECTRUM_RADIUS
-    low = np.log1p(magnitude[c - r : c + r + 1, c - r : c + r + 1])
-    low = low + low[:, ::-1]  # |F(u, v)| of a mirrored image is |F(-u, v)|, of a flipped one |F(u, -v)| = |F(-u, v)|
-    low = low.ravel() - low.mean()
-    return (low / (np.linalg.norm(low) + 1e-12)).astype(np.float32)
+@dataclass
+class Thumbnails:
+    """Grey thumbnails [N, THUMB_SIDE, THUMB_SIDE] uint8, each image's aspect kept and centred,
+    and where each image lies on its square: boxes [N, 4] of (top, left, height, width)."""
+
+    pixels: np.ndarray
+    boxes: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> "Thumbnails":
+        return cls(np.zeros((n, THUMB_SIDE, THUMB_SIDE), np.uint8), np.zeros((n, 4), np.int32))
 
 
-def thumbnail(image: Image.Image) -> np.ndarray:
-    """THUMB_SIDE-square float32 grey thumbnail (box-filtered, so small shifts blur out)."""
-    return np.asarray(image.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX), dtype=np.float32)
+def thumbnail(image: Image.Image) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The grey image scaled so its longer side is THUMB_SIDE, centred on a black square."""
+    scale = THUMB_SIDE / max(image.size)
+    width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    top, left = (THUMB_SIDE - height) // 2, (THUMB_SIDE - width) // 2
+    square = np.zeros((THUMB_SIDE, THUMB_SIDE), np.uint8)
+    square[top : top + height, left : left + width] = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
+    return square, (top, left, height, width)
 
 
-def _inspect(root: Path, split: str, path: Path, label: int) -> tuple[ImageRecord, np.ndarray | None]:
+def _inspect(root: Path, split: str, path: Path, label: int) -> tuple[ImageRecord, tuple | None]:
     relative = str(path.relative_to(root))
     try:
         data = path.read_bytes()
@@ -156,44 +175,292 @@ def _inspect(root: Path, split: str, path: Path, label: int) -> tuple[ImageRecor
     return ImageRecord(split, label, relative, fmt, mode, width, height, len(data), digest, hashes), thumbnail(grey)
 
 
-def scan(root: Path, *, num_workers: int | None = None, progress: bool = False) -> tuple[list[ImageRecord], np.ndarray]:
-    """One record per image file of every split, and the thumbnails [N, THUMB_SIDE, THUMB_SIDE]
-    (zeros where a file does not decode)."""
+def scan(root: Path, *, num_workers: int | None = None, progress: bool = False) -> tuple[list[ImageRecord], Thumbnails]:
+    """One record per image file of every split, and their thumbnails (blank where a file does
+    not decode), from a single decode of each file."""
     jobs = [(split, path, label) for split in SPLITS for path, label in list_split_files(root, split)]
     workers = num_workers or min(8, os.cpu_count() or 1)
+    thumbs = Thumbnails.empty(len(jobs))
+    records = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results: Iterable = pool.map(lambda job: _inspect(root, *job), jobs)
         if progress:
             from tqdm import tqdm
 
             results = tqdm(results, total=len(jobs), desc="audit", unit="img", leave=False, disable=None)
-        inspected = list(results)
-    thumbs = np.zeros((len(inspected), THUMB_SIDE, THUMB_SIDE), dtype=np.float32)
-    for i, (_, thumb) in enumerate(inspected):
-        if thumb is not None:
-            thumbs[i] = thumb
-    return [record for record, _ in inspected], thumbs
+        for i, (record, thumb) in enumerate(results):
+            records.append(record)
+            if thumb is not None:
+                thumbs.pixels[i], thumbs.boxes[i] = thumb
+    return records, thumbs
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration: the similarity transform (flip, rotation, scale, shift) that lays one thumbnail
+# on another, from log-polar and plain phase correlation, refined by Gauss-Newton.
+
+
+def _window(box: Sequence[int], side: int = THUMB_SIDE) -> np.ndarray:
+    """A Tukey window over the image's box on its square (zero outside): tapers the edges so
+    the image border does not dominate the spectrum."""
+    from scipy.signal.windows import tukey
+
+    top, left, height, width = box
+    window = np.zeros((side, side), np.float32)
+    window[top : top + height, left : left + width] = np.outer(tukey(height, 0.3), tukey(width, 0.3))
+    return window
+
+
+def _apodised(pixels: np.ndarray, box: Sequence[int]) -> np.ndarray:
+    """The thumbnail at COARSE_SIDE, less its mean, times its window."""
+    coarse = pixels.astype(np.float32).reshape(COARSE_SIDE, 2, COARSE_SIDE, 2).mean((1, 3))
+    window = _window([v // 2 for v in box], COARSE_SIDE)
+    mean = (coarse * window).sum() / max(window.sum(), 1e-6)
+    return (coarse - mean) * window
+
+
+def _log_polar_grid() -> np.ndarray:
+    angles = np.arange(LOG_POLAR_SHAPE[0]) * np.pi / LOG_POLAR_SHAPE[0]
+    radii = np.exp(np.linspace(*np.log(LOG_POLAR_RADII), LOG_POLAR_SHAPE[1]))
+    centre = COARSE_SIDE / 2
+    return np.array([centre + radii[None, :] * np.sin(angles)[:, None], centre + radii[None, :] * np.cos(angles)[:, None]])
+
+
+_LOG_POLAR_GRID = _log_polar_grid()
+_LOG_RADIUS_STEP = np.log(LOG_POLAR_RADII[1] / LOG_POLAR_RADII[0]) / (LOG_POLAR_SHAPE[1] - 1)
+_FREQ_Y, _FREQ_X = np.meshgrid(np.fft.fftfreq(COARSE_SIDE), np.fft.fftfreq(COARSE_SIDE), indexing="ij")
+_EMPHASIS = np.fft.fftshift((1 - np.cos(np.pi * _FREQ_X) * np.cos(np.pi * _FREQ_Y)) * (2 - np.cos(np.pi * _FREQ_X) * np.cos(np.pi * _FREQ_Y)))
+
+
+def log_polar_spectrum(apodised: np.ndarray) -> np.ndarray:
+    """Log-magnitude spectrum (high frequencies emphasised) on a log-polar grid [angle, log radius].
+    A shift leaves it unchanged; a rotation or scaling shifts it along an axis; a mirror image
+    reverses the angle axis."""
+    from scipy.ndimage import map_coordinates
+
+    magnitude = np.fft.fftshift(np.abs(np.fft.fft2(apodised))) * _EMPHASIS
+    polar = map_coordinates(np.log1p(magnitude), _LOG_POLAR_GRID, order=1)
+    polar -= polar.mean()
+    return (polar / (np.linalg.norm(polar) + 1e-12)).astype(np.float32)
+
+
+def _mirrored(polar_fft: np.ndarray) -> np.ndarray:
+    """The log-polar spectrum's FFT for the mirror image: angle theta becomes pi - theta."""
+    return polar_fft[..., (-np.arange(LOG_POLAR_SHAPE[0])) % LOG_POLAR_SHAPE[0], :]
+
+
+def _phase_correlation(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
+    cross = fa * np.conj(fb)
+    return np.real(np.fft.ifft2(cross / (np.abs(cross) + 1e-9), axes=(-2, -1)))
+
+
+def _scale_limit() -> int:
+    return int(np.ceil(np.log(MAX_SCALE) / _LOG_RADIUS_STEP))
+
+
+_SCALES_ALLOWED = np.ones(LOG_POLAR_SHAPE, bool)
+_SCALES_ALLOWED[:, _scale_limit() + 1 : LOG_POLAR_SHAPE[1] - _scale_limit()] = False
+
+
+def rotation_scale_peaks(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
+    """Best log-polar phase correlation of each pair (rows of fa, fb: FFTs of log-polar spectra),
+    over b and its mirror image: a cheap score of how well b can be rotated and scaled onto a."""
+    limit = _scale_limit()
+    peaks = []
+    for fb_flip in (fb, _mirrored(fb)):
+        corr = _phase_correlation(fa, fb_flip)
+        corr[..., limit + 1 : LOG_POLAR_SHAPE[1] - limit] = -np.inf
+        peaks.append(corr.reshape(len(corr), -1).max(1))
+    return np.maximum(*peaks)
+
+
+def _peak(corr: np.ndarray, allowed: np.ndarray | None = None) -> tuple[float, float, float]:
+    """Value and sub-pixel position (as signed circular offsets) of a correlation surface's peak
+    (among the `allowed` positions)."""
+    index = np.unravel_index(np.argmax(corr if allowed is None else np.where(allowed, corr, -np.inf)), corr.shape)
+    offsets = []
+    for axis, i in enumerate(index):
+        n = corr.shape[axis]
+        before, after = list(index), list(index)
+        before[axis], after[axis] = (i - 1) % n, (i + 1) % n
+        low, mid, high = corr[tuple(before)], corr[index], corr[tuple(after)]
+        curve = low - 2 * mid + high
+        fraction = float(np.clip(0.5 * (low - high) / curve, -0.5, 0.5)) if curve < 0 else 0.0
+        offset = i + fraction
+        offsets.append(offset - n if offset >= n / 2 else offset)
+    return float(corr[index]), offsets[0], offsets[1]
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """Where output pixel o of image a's frame samples image b (after b's optional mirror):
+    b_yx = [[a, -b], [b, a]] (o - c) + c + (ty, tx), with c the square's centre."""
+
+    a: float
+    b: float
+    ty: float
+    tx: float
+
+    @classmethod
+    def from_rotation(cls, degrees: float, scale: float, shift: tuple[float, float] = (0.0, 0.0)) -> "Similarity":
+        """Lay b onto a when b is a turned by `degrees` and enlarged by `scale`, then shifted."""
+        theta = np.radians(degrees)
+        a, b = np.cos(theta) / scale, -np.sin(theta) / scale
+        ty, tx = shift
+        return cls(a, b, -(a * ty - b * tx), -(b * ty + a * tx))
+
+    def at(self, factor: float) -> "Similarity":
+        """The same map for images `factor` times as large."""
+        return Similarity(self.a, self.b, self.ty * factor, self.tx * factor)
+
+    def coordinates(self, side: int) -> np.ndarray:
+        """Where each pixel of a `side` square samples b: [2, side, side] (y, x)."""
+        c = (side - 1) / 2
+        oy, ox = _centred_grid(side)
+        return np.stack([self.a * oy - self.b * ox + c + self.ty, self.b * oy + self.a * ox + c + self.tx])
+
+    def sample(self, image: np.ndarray) -> np.ndarray:
+        from scipy.ndimage import map_coordinates
+
+        return map_coordinates(image, self.coordinates(image.shape[0]), order=1, mode="constant", cval=0.0)
+
+    def overlap(self, a_box: Sequence[int], b_box: Sequence[int], side: int, margin: float = 2.0) -> np.ndarray:
+        """Pixels inside a's box whose sample point lies inside b's box, `margin` px from every edge."""
+        y, x = self.coordinates(side)
+        inside = np.zeros((side, side), bool)
+        top, left, height, width = a_box
+        inside[top + 2 : top + height - 2, left + 2 : left + width - 2] = True
+        top, left, height, width = b_box
+        return inside & (y >= top + margin) & (y <= top + height - 1 - margin) & (x >= left + margin) & (x <= left + width - 1 - margin)
+
+
+@lru_cache(maxsize=4)
+def _centred_grid(side: int) -> np.ndarray:
+    return np.mgrid[0:side, 0:side].astype(np.float32) - (side - 1) / 2
+
+
+def _mirror_box(box: Sequence[int], side: int = THUMB_SIDE) -> tuple[int, int, int, int]:
+    top, left, height, width = box
+    return top, side - left - width, height, width
+
+
+def _refine(a: np.ndarray, b: np.ndarray, a_box: Sequence[int], b_box: Sequence[int], warp: Similarity, steps: int) -> Similarity:
+    """Gauss-Newton steps on the similarity, refitting gain and offset of the intensities at each
+    step (so brightness and contrast do not matter), on lightly smoothed images."""
+    from scipy.ndimage import gaussian_filter
+
+    a, b = gaussian_filter(a, 1.0), gaussian_filter(b, 1.0)
+    oy, ox = _centred_grid(a.shape[0])
+    for _ in range(steps):
+        inside = warp.overlap(a_box, b_box, a.shape[0])
+        if inside.sum() < 64:
+            break
+        warped = warp.sample(b)
+        gy, gx = np.gradient(warped)
+        # b's gradients at the sampled points: the warped image's, through the inverse map
+        det = warp.a**2 + warp.b**2
+        by, bx = ((warp.a * gy - warp.b * gx) / det)[inside], ((warp.b * gy + warp.a * gx) / det)[inside]
+        target, moving = a[inside], warped[inside]
+        moving_centred = moving - moving.mean()
+        gain = float(moving_centred @ (target - target.mean())) / (float(moving_centred @ moving_centred) + 1e-9)
+        residual = target - target.mean() - gain * moving_centred
+        y, x = oy[inside], ox[inside]
+        jacobian = gain * np.stack([by * y + bx * x, bx * y - by * x, by, bx])
+        jacobian -= jacobian.mean(1, keepdims=True)  # the offset is refitted, so only changes about the mean count
+        step = np.linalg.solve(jacobian @ jacobian.T + 1e-6 * np.eye(4), jacobian @ residual)
+        warp = Similarity(warp.a + step[0], warp.b + step[1], warp.ty + step[2], warp.tx + step[3])
+        if np.abs(step[2:]).max() < 0.02 and np.abs(step[:2]).max() < 2e-4:
+            break
+    return warp
+
+
+def register(a: np.ndarray, a_box: Sequence[int], b: np.ndarray, b_box: Sequence[int]) -> tuple[bool, Similarity]:
+    """Whether b must be mirrored (left-right) and the similarity that then lays it on a.
+
+    Rotation and scale from the phase correlation of the log-polar spectra (for b and its
+    mirror image; a vertical flip is a mirror turned 180 degrees, so each rotation is tried
+    at +180 too), the shift from the phase correlation of the rotated and scaled image,
+    the best of the four by that correlation, then refined at COARSE_SIDE and at THUMB_SIDE."""
+    coarse_a = _apodised(a, a_box)
+    fa, polar_fa = np.fft.fft2(coarse_a), np.fft.fft2(log_polar_spectrum(coarse_a))
+    best = (-np.inf, False, Similarity(1, 0, 0, 0))
+    for mirror in (False, True):
+        b_view, box = (b[:, ::-1], _mirror_box(b_box)) if mirror else (b, b_box)
+        coarse_b = _apodised(b_view, box)
+        corr = _phase_correlation(polar_fa, np.fft.fft2(log_polar_spectrum(coarse_b)))
+        _, angle_step, radius_step = _peak(corr, _SCALES_ALLOWED)
+        degrees, scale = -angle_step * 180 / LOG_POLAR_SHAPE[0], np.exp(-radius_step * _LOG_RADIUS_STEP)
+        for turn in (degrees, degrees + 180):
+            warp = Similarity.from_rotation(turn, scale)
+            value, dy, dx = _peak(_phase_correlation(fa, np.fft.fft2(warp.sample(coarse_b))))
+            if value > best[0]:
+                best = (value, mirror, Similarity.from_rotation(turn, scale, (dy, dx)))
+    _, mirror, warp = best
+    b_view, box = (b[:, ::-1], _mirror_box(b_box)) if mirror else (b, b_box)
+    coarse = [p.astype(np.float32).reshape(COARSE_SIDE, 2, COARSE_SIDE, 2).mean((1, 3)) for p in (a, b_view)]
+    warp = _refine(*coarse, [v // 2 for v in a_box], [v // 2 for v in box], warp, steps=5).at(THUMB_SIDE / COARSE_SIDE)
+    warp = _refine(a.astype(np.float32), b_view.astype(np.float32), a_box, box, warp, steps=2)
+    return mirror, warp
+
+
+def _band(image: np.ndarray, sigmas: tuple[float, float]) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(image, sigmas[0]) - gaussian_filter(image, sigmas[1])
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation along the last axis."""
+    a, b = a - a.mean(-1, keepdims=True), b - b.mean(-1, keepdims=True)
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
+
+
+def _grain_correlation(a: np.ndarray, b: np.ndarray, inside: np.ndarray) -> float:
+    """Mean correlation of the two images' grain (a band-pass) over the flattest half of the
+    patches inside the overlap: where no edge is, distinct radiographs share nothing but a copy
+    still shares its source's noise and texture."""
+    side, p = a.shape[0], GRAIN_PATCH
+
+    def patches(x: np.ndarray) -> np.ndarray:
+        return x.reshape(side // p, p, side // p, p).transpose(0, 2, 1, 3).reshape(-1, p * p)
+
+    full = patches(inside).all(1)
+    grain_a, grain_b = patches(_band(a, GRAIN_BAND))[full], patches(_band(b, GRAIN_BAND))[full]
+    if len(grain_a) < 4:
+        return -1.0
+    energy = np.maximum(grain_a.std(1), grain_b.std(1))
+    flat = energy <= np.median(energy)
+    return float(_correlation(grain_a[flat], grain_b[flat]).mean())
+
+
+@dataclass(frozen=True)
+class Match:
+    """How well b matches a once registered: `detail`, the correlation of their fine detail over
+    the overlap; `grain`, that of their grain away from edges (-1 when they barely overlap)."""
+
+    detail: float
+    grain: float
+
+    def confirms(self, min_detail: float = DEFAULT_MIN_DETAIL_CORRELATION, min_grain: float = MIN_GRAIN_CORRELATION) -> bool:
+        return self.detail >= min_detail and self.grain >= min_grain
+
+
+def match(a: np.ndarray, a_box: Sequence[int], b: np.ndarray, b_box: Sequence[int]) -> Match:
+    """Register b on a, then compare their fine detail and their grain. Near 1 both for the same
+    radiograph however flipped, turned, scaled, shifted, cropped, re-encoded or re-exposed;
+    another radiograph of the same pose may match in detail (its edges align) but not in grain."""
+    mirror, warp = register(a, a_box, b, b_box)
+    b_view, box = (b[:, ::-1], _mirror_box(b_box)) if mirror else (b, b_box)
+    inside = warp.overlap(a_box, box, THUMB_SIDE)
+    if inside.sum() < MIN_OVERLAP * min(a_box[2] * a_box[3], box[2] * box[3]):
+        return Match(-1.0, -1.0)
+    a, b = a.astype(np.float32), warp.sample(b_view.astype(np.float32))
+    detail = float(_correlation(_band(a, DETAIL_BAND)[inside], _band(b, DETAIL_BAND)[inside]))
+    return Match(round(detail, 4), round(_grain_correlation(a, b, inside), 4))
 
 
 # ---------------------------------------------------------------------------------------------
 # Duplicates
-
-
-def _groups(n: int, pairs: Iterable[tuple[int, int]]) -> list[list[int]]:
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b in pairs:
-        parent[find(a)] = find(b)
-    members: dict[int, list[int]] = {}
-    for i in range(n):
-        members.setdefault(find(i), []).append(i)
-    return [sorted(g) for g in members.values() if len(g) > 1]
 
 
 def _popcount(values: np.ndarray) -> np.ndarray:
@@ -201,23 +468,42 @@ def _popcount(values: np.ndarray) -> np.ndarray:
     return np.unpackbits(as_bytes, axis=-1).sum(-1)
 
 
-def candidate_pairs(records: Sequence[ImageRecord], thumbs: np.ndarray, chunk: int = 512) -> set[tuple[int, int]]:
-    """Pairs (i < j) worth matching: close perceptual hashes under some flip (re-encoded, resized,
-    flipped copies), or among each other's nearest spectra (shifted copies)."""
+def _polar_ffts(thumbs: Thumbnails, usable: np.ndarray) -> np.ndarray:
+    return np.stack([np.fft.fft2(log_polar_spectrum(_apodised(thumbs.pixels[i], thumbs.boxes[i]))) for i in usable]).astype(np.complex64)
+
+
+def _invariants(polar_ffts: np.ndarray) -> np.ndarray:
+    """Magnitudes of the log-polar spectra's FFTs (symmetrised over the angle axis): unchanged by
+    shift, rotation, scale and mirror. Rows unit-normalised, so a dot product is a cosine."""
+    magnitude = np.abs(polar_ffts[:, :, : LOG_POLAR_SHAPE[1] // 2 + 1])
+    magnitude = np.log1p(magnitude + _mirrored(magnitude))[:, :12, :9].reshape(len(polar_ffts), -1)
+    magnitude -= magnitude.mean(1, keepdims=True)
+    return magnitude / (np.linalg.norm(magnitude, axis=1, keepdims=True) + 1e-12)
+
+
+def candidate_pairs(records: Sequence[ImageRecord], thumbs: Thumbnails, chunk: int = 512) -> set[tuple[int, int]]:
+    """Pairs (i < j) worth registering: close perceptual hashes under some flip (re-encoded,
+    resized, flipped copies), and each image's CANDIDATES best of its SHORTLIST nearest
+    neighbours by the shift-, rotation-, scale- and mirror-free spectrum, ranked by how well
+    their log-polar spectra correlate (turned, scaled, shifted, cropped copies)."""
     usable = np.array([i for i, r in enumerate(records) if not r.error], dtype=np.int64)
     if len(usable) < 2:
         return set()
     hashes = np.array([[int(h, 16) for h in records[i].phash] for i in usable], dtype=np.uint64)
-    spectra = np.stack([spectrum(thumbs[i]) for i in usable])
-    k = min(SPECTRUM_NEIGHBOURS, len(usable) - 1)
+    polar = _polar_ffts(thumbs, usable)
+    invariants = _invariants(polar)
+    shortlist, keep = min(SHORTLIST, len(usable) - 1), min(CANDIDATES, len(usable) - 1)
     pairs: set[tuple[int, int]] = set()
     for start in range(0, len(usable), chunk):
         rows = np.arange(start, min(start + chunk, len(usable)))
         bits = _popcount(hashes[rows, 0][:, None, None] ^ hashes[None, :, :]).min(-1)
-        similarity = spectra[rows] @ spectra.T
+        close = list(zip(*np.nonzero(bits <= HASH_CANDIDATE_BITS)))
+        similarity = invariants[rows] @ invariants.T
         similarity[np.arange(len(rows)), rows] = -np.inf
-        nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-        close = [*zip(*np.nonzero(bits <= HASH_CANDIDATE_BITS)), *((r, n) for r in range(len(rows)) for n in nearest[r])]
+        nearest = np.argpartition(-similarity, shortlist - 1, axis=1)[:, :shortlist]
+        peaks = rotation_scale_peaks(np.repeat(polar[rows], shortlist, 0), polar[nearest.ravel()]).reshape(len(rows), shortlist)
+        best = np.take_along_axis(nearest, np.argsort(-peaks, axis=1)[:, :keep], 1)
+        close += [(r, n) for r in range(len(rows)) for n in best[r]]
         for a, b in close:
             i, j = int(usable[rows[a]]), int(usable[b])
             if i != j:
@@ -225,49 +511,39 @@ def candidate_pairs(records: Sequence[ImageRecord], thumbs: np.ndarray, chunk: i
     return pairs
 
 
-def match_correlation(a: np.ndarray, b: np.ndarray, max_shift: int = MAX_SHIFT) -> float:
-    """Best normalised cross-correlation between the centre of thumbnail `a` and every window of
-    `b` shifted by up to `max_shift` px, over b's four flips."""
-    side, r = a.shape[0], max_shift
-    centre = a[r : side - r, r : side - r].ravel()
-    centre = centre - centre.mean()
-    centre = centre / (np.linalg.norm(centre) + 1e-12)
-    best = -1.0
-    for flip in _FLIPS:
-        windows = np.lib.stride_tricks.sliding_window_view(np.ascontiguousarray(flip(b)), (side - 2 * r, side - 2 * r))
-        windows = windows.reshape(-1, centre.size)
-        windows = windows - windows.mean(1, keepdims=True)
-        norms = np.linalg.norm(windows, axis=1) + 1e-12
-        best = max(best, float(((windows @ centre) / norms).max()))
-    return best
+def near_duplicate_scores(records: Sequence[ImageRecord], thumbs: Thumbnails) -> dict[tuple[int, int], Match]:
+    """The `match` of every candidate pair of distinct files."""
+    return {
+        (i, j): match(thumbs.pixels[i], thumbs.boxes[i], thumbs.pixels[j], thumbs.boxes[j])
+        for i, j in sorted(candidate_pairs(records, thumbs))
+        if records[i].sha256 != records[j].sha256
+    }
 
 
-def detail(thumbs: np.ndarray) -> np.ndarray:
-    """The thumbnails' fine detail (edges, texture, noise): each minus its Gaussian blur."""
-    from scipy.ndimage import gaussian_filter
+def duplicate_groups(
+    records: Sequence[ImageRecord], thumbs: Thumbnails, min_detail: float = DEFAULT_MIN_DETAIL_CORRELATION, scores: dict | None = None
+) -> list[dict]:
+    """Groups of exact and near-duplicate files, each with its members and whether it crosses
+    splits. `scores`: `near_duplicate_scores` if already computed."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    return thumbs - gaussian_filter(thumbs, sigma=(0, DETAIL_BLUR_SIGMA, DETAIL_BLUR_SIGMA))
-
-
-def duplicate_groups(records: Sequence[ImageRecord], thumbs: np.ndarray, min_detail: float = DEFAULT_MIN_DETAIL_CORRELATION) -> list[dict]:
-    """Groups of exact and near-duplicate files, each with its members and whether it crosses splits."""
     by_hash: dict[str, list[int]] = {}
     for i, r in enumerate(records):
         if not r.error:
             by_hash.setdefault(r.sha256, []).append(i)
     exact = [(g[0], other) for g in by_hash.values() for other in g[1:]]
-    near: dict[tuple[int, int], float] = {}
-    fine = detail(thumbs)
-    for i, j in sorted(candidate_pairs(records, thumbs)):
-        if records[i].sha256 == records[j].sha256 or match_correlation(thumbs[i], thumbs[j]) < MIN_SHAPE_CORRELATION:
-            continue
-        score = match_correlation(fine[i], fine[j])
-        if score >= min_detail:
-            near[(i, j)] = score
+    scores = near_duplicate_scores(records, thumbs) if scores is None else scores
+    near = {pair: m.detail for pair, m in scores.items() if m.confirms(min_detail)}
+    edges = np.array([*exact, *near], dtype=np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(len(records), len(records)))
+    _, component = connected_components(graph, directed=False)
+    sizes = np.bincount(component)
     groups = []
-    for members in _groups(len(records), [*exact, *near]):
+    for label in np.nonzero(sizes > 1)[0]:
+        members = [int(i) for i in np.nonzero(component == label)[0]]
         inside = set(members)
-        scores = [s for (i, _), s in near.items() if i in inside]
+        member_scores = [s for (i, _), s in near.items() if i in inside]
         splits = sorted({records[i].split for i in members}, key=SPLITS.index)
         groups.append(
             {
@@ -275,7 +551,7 @@ def duplicate_groups(records: Sequence[ImageRecord], thumbs: np.ndarray, min_det
                 "cross_split": len(splits) > 1,
                 "conflicting_labels": len({records[i].label for i in members}) > 1,
                 "splits": splits,
-                "min_detail_correlation": round(min(scores), 4) if scores else 1.0,
+                "min_detail_correlation": round(min(member_scores), 4) if member_scores else 1.0,
                 "members": [{"split": records[i].split, "class": records[i].class_name, "path": records[i].path} for i in members],
             }
         )
@@ -381,7 +657,7 @@ def attribute_table(records: Sequence[ImageRecord]) -> list[dict]:
 # The report
 
 
-def audit_records(records: Sequence[ImageRecord], thumbs: np.ndarray, *, min_detail: float = DEFAULT_MIN_DETAIL_CORRELATION) -> dict:
+def audit_records(records: Sequence[ImageRecord], thumbs: Thumbnails, *, min_detail: float = DEFAULT_MIN_DETAIL_CORRELATION) -> dict:
     groups = duplicate_groups(records, thumbs, min_detail)
     shortcuts = shortcut_scores(records)
     counts = {split: {c: sum(r.split == split and r.class_name == c for r in records) for c in CLASS_NAMES} for split in SPLITS}
@@ -483,7 +759,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--min-detail-correlation",
         type=float,
         default=DEFAULT_MIN_DETAIL_CORRELATION,
-        help="near-duplicate threshold: correlation of two images' fine detail after the best flip and small shift (default: %(default)s)",
+        help="near-duplicate threshold: correlation of two images' fine detail once registered (flip, rotation, scale, shift); "
+        f"their grain must correlate at >= {MIN_GRAIN_CORRELATION} too (default: %(default)s)",
     )
     parser.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default: $FRACTURE_CACHE_DIR, else ~/.cache/fracture-tune)")
     return parser

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
@@ -119,3 +120,32 @@ def test_audit_cli_names_a_missing_folder(tmp_path: Path):
     done = subprocess.run([sys.executable, "-m", "fracture_models.audit", "--data-dir", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Dataset folder not found" in done.stderr and "Traceback" not in done.stderr
     assert DATASET_FOLDER  # the layout name the message points to
+
+
+# ---------------------------------------------------------------------------------------------
+# A small run of benchmarks/audit_accuracy.py on images the audit was not tuned on: hand
+# radiographs, many distinct images per pose in both classes, copies planted across splits with
+# flips, rotation, scale, shift, crop, JPEG, brightness/contrast and noise.
+
+
+@pytest.fixture(scope="module")
+def lookalikes(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from benchmarks.audit_accuracy import evaluate, plant_copies
+    from benchmarks.lookalike_xrays import LookalikeSpec
+    from benchmarks.lookalike_xrays import generate as generate_lookalikes
+
+    root = tmp_path_factory.mktemp("lookalikes")
+    rows = generate_lookalikes(root, LookalikeSpec(images=150, poses=6, image_size=128, seed=3))
+    planted = plant_copies(root, 12, np.random.default_rng(4))
+    return evaluate(root, planted, poses={r["path"]: r["pose"] for r in rows}, same_pose_pairs=0)
+
+
+def test_audit_reports_no_look_alike_of_the_same_pose_as_a_duplicate(lookalikes: dict):
+    assert lookalikes["images"] == 162
+    assert lookalikes["false_groups"] == 0, lookalikes["false_group_members"]
+    assert lookalikes["candidate_pairs"] >= 162  # the distinct look-alikes were examined, not skipped
+
+
+@pytest.mark.xfail(strict=True, reason="candidate search misses turned/scaled copies among dozens of same-pose look-alikes (benchmarks/README.md, Audit accuracy)")
+def test_audit_finds_the_planted_copies_among_look_alikes(lookalikes: dict):
+    assert lookalikes["recall"] >= 0.95, lookalikes["missed"]
