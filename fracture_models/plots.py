@@ -1,4 +1,8 @@
-"""PNG plots a user would otherwise draw by hand: confusion matrix, curves, ROC, reliability, heatmaps."""
+"""PNG plots a user would otherwise draw by hand: confusion matrix, curves, ROC, reliability, heatmaps.
+
+Figures are made with matplotlib's object API (`matplotlib.figure.Figure`), not pyplot: saving a
+file needs no display and leaves the backend of a notebook or application as it was.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,17 @@ from pathlib import Path
 from typing import Sequence
 
 
-def _pyplot():
-    import matplotlib
+def _figure(rows: int = 1, columns: int = 1, **kwargs):
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
+    figure = Figure(figsize=kwargs.pop("figsize"), dpi=kwargs.pop("dpi"))
+    return figure, figure.subplots(rows, columns, **kwargs)
 
 
 def plot_confusion_matrix(confusion: dict, path: str | Path, title: str = "Confusion matrix") -> Path:
     """Counts with labelled axes (rows true class, columns predicted), as in `metrics`."""
-    plt = _pyplot()
     labels, matrix = confusion["labels"], confusion["matrix"]
-    fig, ax = plt.subplots(figsize=(4.6, 4.0), dpi=120)
+    fig, ax = _figure(figsize=(4.6, 4.0), dpi=120)
     image = ax.imshow(matrix, cmap="Blues")
     high = max(max(row) for row in matrix) or 1
     for i, row in enumerate(matrix):
@@ -31,30 +32,22 @@ def plot_confusion_matrix(confusion: dict, path: str | Path, title: str = "Confu
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_loss_curves(history: Sequence[dict], path: str | Path, title: str = "Loss") -> Path:
     """Training and validation loss per epoch from a run's history."""
-    plt = _pyplot()
     epochs = [row["epoch"] for row in history]
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    fig, ax = _figure(figsize=(5.5, 3.6), dpi=120)
     ax.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
     ax.plot(epochs, [row["val_loss"] for row in history], marker="o", label="validation")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
     ax.set_xlabel("epoch")
     ax.set_ylabel("cross-entropy loss")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_learning_curves(
@@ -64,50 +57,57 @@ def plot_learning_curves(
     metric: str,
     highlight: str | None = None,
     title: str = "Trials",
+    mode: str = "max",
+    named: int = 5,
 ) -> Path:
-    """One line per trial (`name -> (epochs, values)`); a line that ends early ends with an x.
-
-    Shows at a glance which trials early stopping cut and where; `highlight` is drawn on top.
+    """One line per trial (`name -> (epochs, values)`), coloured by the trial's best value (the
+    colour bar reads it); a line that ends early ends with an x. The `named` best trials and
+    `highlight` (drawn on top, black) are named in the legend, so every line can be identified.
     """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    longest = max((max(epochs) for epochs, _ in curves.values() if len(epochs)), default=1)
-    for name, (epochs, values) in curves.items():
-        if not len(epochs):
-            continue
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    fig, ax = _figure(figsize=(7.6, 4.4), dpi=120)
+    drawn = {name: (list(e), list(v)) for name, (e, v) in curves.items() if len(e)}
+    best = {name: (max(v) if mode == "max" else min(v)) for name, (_, v) in drawn.items()}
+    longest = max((max(epochs) for epochs, _ in drawn.values()), default=1)
+    low, high = (min(best.values()), max(best.values())) if best else (0.0, 1.0)
+    norm = Normalize(low, high if high > low else low + 1e-9)
+    colours = colormaps["viridis"] if mode == "max" else colormaps["viridis_r"]
+    ranked = sorted(best, key=best.get, reverse=mode == "max")
+    labelled = set(ranked[:named])
+    for name in sorted(drawn, key=lambda n: (n == highlight, best[n] if mode == "max" else -best[n])):
+        epochs, values = drawn[name]
         chosen = name == highlight
-        (line,) = ax.plot(epochs, values, lw=2.4 if chosen else 1.0, alpha=1.0 if chosen else 0.6, zorder=3 if chosen else 2,
-                          color="black" if chosen else None, label=f"{name} (selected)" if chosen else None)
+        colour = "black" if chosen else colours(norm(best[name]))
+        label = f"{name} (selected, best {best[name]:.3f})" if chosen else (f"{name} (best {best[name]:.3f})" if name in labelled else None)
+        ax.plot(epochs, values, lw=2.4 if chosen else 1.2, alpha=1.0 if chosen or name in labelled else 0.55, zorder=3 if chosen else 2, color=colour, label=label)
         if max(epochs) < longest:
-            ax.plot(epochs[-1], values[-1], "x", color=line.get_color(), ms=7)
+            ax.plot(epochs[-1], values[-1], "x", color=colour, ms=7)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    if highlight is not None:
-        ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    if drawn:
+        fig.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=ax, fraction=0.04, pad=0.02).set_label(f"trial's best {metric}")
+        ax.legend(loc="best", fontsize=7, title=f"best {min(named, len(drawn))} of {len(drawn)} trials", title_fontsize=7)
+    return _save(fig, path)
 
 
-def _save(fig, path: str | Path) -> Path:
-    plt = _pyplot()
-    fig.tight_layout()
+def _save(fig, path: str | Path, tight: bool = True) -> Path:
+    if tight:
+        fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
 def plot_roc_curve(report: dict, path: str | Path, title: str = "ROC curve (test)") -> Path:
     """The test ROC curve with its AUC interval, the 0.5 threshold and the validation-chosen operating point."""
-    plt = _pyplot()
     roc, auc = report["roc"], report["roc_auc"]
-    fig, ax = plt.subplots(figsize=(4.8, 4.6), dpi=120)
+    fig, ax = _figure(figsize=(4.8, 4.6), dpi=120)
     ax.plot(roc["false_positive_rate"], roc["true_positive_rate"], lw=2, label=f"AUC {auc['value']:.3f} (95% CI {auc['ci95'][0]:.3f}-{auc['ci95'][1]:.3f})")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
     for key, marker, name in [("at_0.5", "o", "threshold 0.5"), ("operating_point", "s", None)]:
@@ -124,8 +124,7 @@ def plot_roc_curve(report: dict, path: str | Path, title: str = "ROC curve (test
 
 def plot_reliability(calibration: dict, path: str | Path, title: str = "Reliability (test)") -> Path:
     """Accuracy against confidence per bin, before and after temperature scaling."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.8, 4.6), dpi=120)
+    fig, ax = _figure(figsize=(4.8, 4.6), dpi=120)
     ax.plot([0.5, 1], [0.5, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
     for key, name in [("before", "before"), ("after", f"after T = {calibration['temperature']:.2f}")]:
         bins = calibration[key]["bins"]
@@ -142,10 +141,9 @@ def plot_reliability(calibration: dict, path: str | Path, title: str = "Reliabil
 def plot_heatmap_grid(panels: Sequence[dict], path: str | Path, title: str = "Grad-CAM") -> Path:
     """Images with their heatmaps overlaid; each panel has `image` [H, W] in 0..1, `heatmap`
     [H, W] in 0..1 and a `caption`."""
-    plt = _pyplot()
     columns = min(4, max(1, len(panels)))
     rows = max(1, -(-len(panels) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), dpi=110, squeeze=False)
+    fig, axes = _figure(rows, columns, figsize=(2.8 * columns, 3.3 * rows + 0.4), dpi=110, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, panel in zip(axes.ravel(), panels):
@@ -153,4 +151,6 @@ def plot_heatmap_grid(panels: Sequence[dict], path: str | Path, title: str = "Gr
         ax.imshow(panel["heatmap"], cmap="jet", alpha=0.4, vmin=0, vmax=1)
         ax.set_title(panel["caption"], fontsize=7)
     fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    # Two-line captions need their own room: the rows are spaced so no title overlaps the image above.
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.8 / fig.get_figheight(), hspace=0.35, wspace=0.08)
+    return _save(fig, path, tight=False)

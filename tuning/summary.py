@@ -167,7 +167,7 @@ def write_report(folder: Path, summary: dict, results: Iterable, study) -> list[
         if history is not None and metric in history:
             curves[trial_id_of(result)] = (history["training_iteration"].tolist(), history[metric].tolist())
     title = f"{summary['experiment']}: {len(curves)} trials (x = stopped early)"
-    files.append(plot_learning_curves(curves, folder / CURVES_FILE, metric=metric, highlight=summary["test_evaluated_for"], title=title))
+    files.append(plot_learning_curves(curves, folder / CURVES_FILE, metric=metric, highlight=summary["test_evaluated_for"], title=title, mode=summary["mode"]))
     files.append(plot_confusion_matrix(summary["test"]["confusion_matrix"], folder / TEST_CONFUSION_FILE, title=f"{summary['arch']}: winner on test"))
     files += optuna_plots(study, folder)
     return files
@@ -189,10 +189,7 @@ def optuna_plots(study, folder: Path) -> list[Path]:
     """Optimisation history, parameter importances and parallel coordinates, as PNGs."""
     import warnings
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optuna's plots draw through pyplot; each figure is closed once saved
     from optuna.visualization import matplotlib as optuna_plt
 
     plots = {
