@@ -36,37 +36,30 @@ def leaderboard_page():
     from mlflow import MlflowClient
     from mlflow.server import BACKEND_STORE_URI_ENV_VAR
 
+    from fracture_models.errors import UserError
     from fracture_models.metrics import DEFAULT_SELECTION_METRIC
-    from tuning.leaderboard import collect_jobs, rank, render_html, study_rows
+    from fracture_models.models import list_models
+    from tuning.leaderboard import check_metric, collect_jobs, rank, render_html, study_rows
 
     arch = request.args.get("arch") or None
     team = request.args.get("team") or None
     by = request.args.get("by") if request.args.get("by") in ("team", "user", "arch") else None
     metric = request.args.get("metric") or DEFAULT_SELECTION_METRIC
+    form = {"architectures": list_models(), "arch": arch or "", "team": team or "", "metric": metric, "error": None}
+    try:
+        check_metric(metric)
+    except UserError as exc:  # a typo in the form: say so, and show the default ranking
+        form["error"], metric = str(exc), DEFAULT_SELECTION_METRIC
     store = os.environ[BACKEND_STORE_URI_ENV_VAR]
     jobs = collect_jobs(MlflowClient(store), request.host_url, metric, arch=arch, team=team)
     groups = rank(jobs, metric, by=by)
     hint = "No finished searches yet. Run one with: python -m tuning.run --synthetic --arch cnn --num-samples 8"
-    page = render_html(groups, study_rows(arch), metric, hint)
-    form = (
-        "<form method='get'>architecture <select name='arch'><option value=''>all</option>"
-        + "".join(f"<option{' selected' if a == arch else ''}>{a}</option>" for a in ("cnn", "resnet50", "vgg16"))
-        + f"</select> team <input name='team' value='{_attr(team or '')}'> "
-        + f"metric <input name='metric' value='{_attr(metric)}'> <button>filter</button></form>"
-    )
-    plot = _comparison_plot(groups, study_rows(None))
-    page = page.replace("<h1>fracture-tune leaderboard</h1>", "<h1>fracture-tune leaderboard</h1>" + form + plot, 1)
+    page = render_html(groups, study_rows(arch), metric, hint, form=form, plot=_comparison_plot(groups, study_rows(None)))
     return Response(page, mimetype="text/html")
 
 
-def _attr(text: str) -> str:
-    import html
-
-    return html.escape(text, quote=True)
-
-
-def _comparison_plot(groups, study: list[dict]) -> str:
-    """Each architecture's best winner on test (accuracy) beside the study's, as an inline PNG."""
+def _comparison_plot(groups, study: list[dict]) -> str | None:
+    """Each architecture's best winner on test (accuracy) beside the study's, as a base64 PNG."""
     best: dict[str, float] = {}
     for group in groups:
         for job in group.jobs:
@@ -74,24 +67,21 @@ def _comparison_plot(groups, study: list[dict]) -> str:
             if accuracy is not None and accuracy > best.get(job.arch, -1):
                 best[job.arch] = accuracy
     if not best:
-        return ""
-    import matplotlib
-
-    matplotlib.use("Agg")
+        return None
     from matplotlib.figure import Figure
 
     names = [row["arch"] for row in study]
-    figure = Figure(figsize=(6, 3.2), dpi=100)
+    figure = Figure(figsize=(6, 3.4), dpi=100)
     ax = figure.subplots()
     xs = range(len(names))
     ax.bar([x - 0.2 for x in xs], [best.get(n, 0) for n in names], width=0.4, label="best search here (test accuracy)")
     ax.bar([x + 0.2 for x in xs], [row["test_accuracy"] for row in study], width=0.4, label="the study (reported)")
     ax.set_xticks(list(xs), names)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.25)  # headroom: the legend sits above the bars, never on them
+    ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", ncol=2, frameon=False)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    data = base64.b64encode(buffer.getvalue()).decode()
-    return f"<img alt='best per architecture against the study' src='data:image/png;base64,{data}'>"
+    return base64.b64encode(buffer.getvalue()).decode()

@@ -81,12 +81,12 @@ def collect_jobs(client, tracking_uri: str, metric: str, *, arch: str | None = N
         experiments = [e for e in experiments if e.name == f"{EXPERIMENT_PREFIX}{arch}"]
     if not experiments:
         return []
-    query = f"tags.{ROLE_TAG} = '{SEARCH_ROLE}' and attributes.status = 'FINISHED'"
-    if team:
-        query += f" and tags.team = '{team}'"
+    query = f"tags.{ROLE_TAG} = '{SEARCH_ROLE}' and attributes.status = 'FINISHED'"  # constants only: no user text in a filter
     base, jobs = ui_base(tracking_uri), []
     for run in _all_runs(client, [e.experiment_id for e in experiments], query):
         tags, metrics = run.data.tags, run.data.metrics
+        if team and tags.get("team") != team:
+            continue
         value = metrics.get(metric if metric.startswith("test_") else best_metric_name(metric))
         jobs.append(Job(
             team=tags.get("team", "?"), user=tags.get("user", "?"), arch=tags.get("arch", "?"), job=run.info.run_name,
@@ -183,6 +183,26 @@ def _caption(group: Group, metric: str) -> str:
     return f"{data} {group.data_fingerprint[:12]}, {group.image_size} px: ranked by {metric}"
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(cell: str) -> str:
+    """A cell a spreadsheet shows as text: one that starts like a formula gets a leading quote
+    (OWASP's advice against CSV injection); numbers and the "-" placeholder stay as they are."""
+    if cell.startswith(_FORMULA_START) and cell != "-":
+        try:
+            float(cell)
+            return cell
+        except ValueError:
+            return "'" + cell
+    return cell
+
+
+def _markdown_cell(cell: str) -> str:
+    """A cell that renders as the text it holds: HTML escaped, pipes kept inside the cell."""
+    return html.escape(cell, quote=False).replace("|", "\\|")
+
+
 def render(groups: list[Group], study: list[dict], metric: str, fmt: str, empty_hint: str) -> str:
     if fmt == "csv":
         out = io.StringIO()
@@ -190,9 +210,9 @@ def render(groups: list[Group], study: list[dict], metric: str, fmt: str, empty_
         writer.writerow(["group_data_fingerprint", "group_image_size", "group_generated_data", *HEADERS])
         for group in groups:
             for job in group.jobs:
-                writer.writerow([group.data_fingerprint, group.image_size, str(group.generated_data).lower(), *_cells(job)])
+                writer.writerow([_csv_cell(c) for c in (group.data_fingerprint, group.image_size, str(group.generated_data).lower(), *_cells(job))])
         for row in study:
-            writer.writerow(["", "", "", *_study_cells(row)])
+            writer.writerow(["", "", "", *(_csv_cell(c) for c in _study_cells(row))])
         return out.getvalue()
     if fmt == "html":
         return render_html(groups, study, metric, empty_hint)
@@ -209,7 +229,7 @@ def render(groups: list[Group], study: list[dict], metric: str, fmt: str, empty_
 def _text_table(caption: str, rows: list[list[str]], *, markdown: bool) -> str:
     if markdown:
         lines = [f"**{caption}**", "", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+        lines += ["| " + " | ".join(_markdown_cell(cell) for cell in row) + " |" for row in rows]
         return "\n".join(lines)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(HEADERS)]
     lines = [caption, "  ".join(h.ljust(w) for h, w in zip(HEADERS, widths))]
@@ -217,24 +237,23 @@ def _text_table(caption: str, rows: list[list[str]], *, markdown: bool) -> str:
     return "\n".join(lines)
 
 
-def render_html(groups: list[Group], study: list[dict], metric: str, empty_hint: str) -> str:
-    """A self-contained page (no scripts, no external assets)."""
-    def table(caption: str, rows: list[list[str]], links: bool, css: str = "") -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS)
-        body = []
-        for row in rows:
-            cells = [f"<td>{html.escape(c)}</td>" for c in row[:-1]]
-            last = row[-1]
-            cells.append(f'<td><a href="{html.escape(last)}">MLflow</a></td>' if links and last.startswith("http") else f"<td>{html.escape(last)}</td>")
-            body.append(f'<tr class="{css}">' + "".join(cells) + "</tr>")
-        return f"<table><caption>{html.escape(caption)}</caption><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+def render_html(groups: list[Group], study: list[dict], metric: str, empty_hint: str, *, form: dict | None = None, plot: str | None = None) -> str:
+    """A self-contained page (no scripts, no external assets) from `templates/leaderboard.html`,
+    every value escaped by Jinja2; `form` adds the filter form, `plot` a base64 PNG."""
+    return _templates().get_template("leaderboard.html").render(
+        headers=HEADERS,
+        groups=[{"caption": _caption(g, metric), "generated": g.generated_data, "rows": [_cells(j) for j in g.jobs]} for g in groups],
+        study=[_study_cells(r) for r in study],
+        empty_hint=empty_hint,
+        form=form,
+        plot=plot,
+    )
 
-    parts = [f"<p class='empty'>{html.escape(empty_hint)}</p>"] if not groups else []
-    parts += [table(_caption(g, metric), [_cells(j) for j in g.jobs], True, "job") for g in groups]
-    parts.append(table("The study's reported test results (reference, not ranked)", [_study_cells(r) for r in study], False, "study"))
-    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}caption{text-align:left;font-weight:bold}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}tr.study{background:#f4f0e0;font-style:italic}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>fracture-tune leaderboard</title><style>{style}</style></head><body><h1>fracture-tune leaderboard</h1>{''.join(parts)}</body></html>"
+
+def _templates():
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    return Environment(loader=PackageLoader("tuning", "templates"), autoescape=select_autoescape(["html"]))
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
