@@ -10,26 +10,24 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import brier_score_loss, roc_auc_score, roc_curve
 
 from fracture_models.labels import POSITIVE_CLASS, POSITIVE_LABEL
 
-Z_95 = 1.959963984540054
 DEFAULT_TARGET_SENSITIVITY = 0.95
 BOOTSTRAP_RESAMPLES = 2000
 CALIBRATION_BINS = 15
 _EPS = 1e-7
 
 
-def wilson_interval(successes: int, total: int, z: float = Z_95) -> tuple[float, float]:
-    """Wilson score interval for a proportion (sound at 0, 1 and small n, unlike Wald's)."""
+def wilson_interval(successes: int, total: int) -> tuple[float, float]:
+    """Wilson score 95% interval for a proportion (sound at 0, 1 and small n, unlike Wald's)."""
     if total == 0:
         return (math.nan, math.nan)
-    p = successes / total
-    denominator = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denominator
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    from scipy.stats import binomtest
+
+    interval = binomtest(successes, total).proportion_ci(confidence_level=0.95, method="wilson")
+    return (float(interval.low), float(interval.high))
 
 
 def _rate(successes: int, total: int) -> dict:
@@ -140,8 +138,8 @@ def reliability_bins(labels: np.ndarray, probability: np.ndarray, bins: int = CA
 
 
 def brier_score(labels: np.ndarray, probability: np.ndarray) -> float:
-    y = (np.asarray(labels) == POSITIVE_LABEL).astype(np.float64)
-    return float(((np.asarray(probability, dtype=np.float64) - y) ** 2).mean())
+    y = (np.asarray(labels) == POSITIVE_LABEL).astype(np.int64)
+    return float(brier_score_loss(y, np.asarray(probability, dtype=np.float64), pos_label=1))
 
 
 def calibration_report(val_labels, val_probability, test_labels, test_probability) -> dict:

@@ -132,7 +132,7 @@ def train_one_epoch(state: TrainingState, loader: BatchLoader, *, progress: bool
     return {
         "train_loss": total_loss / max(seen, 1),
         "train_accuracy": correct / max(seen, 1),
-        "lr": lr,
+        "learning_rate": lr,  # the epoch's scheduled rate; `lr` is the hyperparameter (StepLR's start)
         "train_images_per_second": seen / elapsed if elapsed > 0 else 0.0,
     }
 

@@ -19,7 +19,7 @@ import pyarrow.fs
 from ray import tune
 
 from tuning.tracking.names import TRIAL_ROLE
-from tuning.tracking.tracker import REPORTED_PREFIXES, SearchTracker
+from tuning.tracking.tracker import LEARNING_RATE, REPORTED_PREFIXES, SearchTracker
 from tuning.trainable import OPTIMIZER_FILE
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class MlflowLoggingCallback(tune.Callback):
         self.tracker.trial_started(trial.trial_id, {k: trial.config.get(k) for k in self.hyperparameters}, role=self.role)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        row = {k: v for k, v in result.items() if k == "training_iteration" or k == "lr" or k.startswith(REPORTED_PREFIXES)}
+        row = {k: v for k, v in result.items() if k in ("training_iteration", LEARNING_RATE) or k.startswith(REPORTED_PREFIXES)}
         history = self.histories.setdefault(trial.trial_id, [])
         history[:] = [r for r in history if r["training_iteration"] < row["training_iteration"]] + [row]
         self.tracker.trial_result(trial.trial_id, result)

@@ -36,6 +36,7 @@ logger = logging.getLogger("tuning.tracking")
 PLOTS_DIR = "mlflow"
 # Ray's bookkeeping keys are not metrics of the model.
 REPORTED_PREFIXES = ("train_", "val_")
+LEARNING_RATE = "learning_rate"  # each epoch's scheduled rate (the hyperparameter is `lr`)
 
 
 class SearchTracker:
@@ -208,8 +209,7 @@ class SearchTracker:
         self.submit("trial_start", trial_id=trial_id, params=dict(params), role=role)
 
     def trial_result(self, trial_id: str, result: Mapping) -> None:
-        metrics = {("learning_rate" if k == "lr" else k): v for k, v in result.items()
-                   if (k.startswith(REPORTED_PREFIXES) or k == "lr") and _is_number(v)}
+        metrics = {k: v for k, v in result.items() if (k.startswith(REPORTED_PREFIXES) or k == LEARNING_RATE) and _is_number(v)}
         self.submit("metrics", trial_id=trial_id, step=int(result["training_iteration"]), metrics=metrics,
                     timestamp_ms=int(time.time() * 1000))
 
