@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 class MlflowLoggingCallback(tune.Callback):
     """Ray Tune events -> the job's MLflow runs, on the driver."""
 
+    role = TRIAL_ROLE  # also for callbacks pickled with an experiment before runs had roles
+
     def __init__(self, tracker: SearchTracker, hyperparameters: Iterable[str], role: str = TRIAL_ROLE) -> None:
         self.tracker = tracker
         self.hyperparameters = list(hyperparameters)
