@@ -85,8 +85,10 @@ def main() -> None:
     split = decode_split(root, "train", args.image_size)  # not cached: measure the decode itself
     decode_seconds = time.perf_counter() - start
     print(f"device {device}, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
-    print(f"decode once: {len(split)} images in {decode_seconds:.1f} s ({len(split) / decode_seconds:.0f} images/s), "
-          f"cache {split.images.numel() / 2**20:.1f} MiB {tuple(split.images.shape)}")
+    print(
+        f"decode once: {len(split)} images in {decode_seconds:.1f} s ({len(split) / decode_seconds:.0f} images/s), "
+        f"cache {split.images.numel() / 2**20:.1f} MiB {tuple(split.images.shape)}"
+    )
     print(f"| augmentation | plain per-file (images/s) | cached (images/s) | ratio | ratio incl. decode over {args.epochs} epochs |")
     print("|---|---|---|---|---|")
     for augment in (True, False):

@@ -20,6 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+from search_efficiency import task_spec  # beside this script in benchmarks/
 
 from fracture_models.config import TrainConfig
 from fracture_models.data import load_dataset
@@ -28,7 +29,6 @@ from fracture_models.metrics import selection_score
 from fracture_models.records import write_json
 from fracture_models.study import BASELINE_HYPERPARAMETERS
 from fracture_models.synthetic import ensure_generated
-from search_efficiency import task_spec  # beside this script in benchmarks/
 
 METRIC = "val_fracture_f1"
 
@@ -45,7 +45,9 @@ def train_once(data_dir: str, cache_dir: str, image_size: int, epochs: int, seed
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lr-factors", type=float, nargs="+", default=[0.995, 0.996, 0.997, 0.998, 0.999, 1.0, 1.001, 1.002, 1.003, 1.004, 1.005])
+    parser.add_argument(
+        "--lr-factors", type=float, nargs="+", default=[0.995, 0.996, 0.997, 0.998, 0.999, 1.0, 1.001, 1.002, 1.003, 1.004, 1.005]
+    )
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s, seed 0 of the benchmark)")
     parser.add_argument("--train", type=int, default=1200, help="generated training images (default: %(default)s, the benchmark's)")
     parser.add_argument("--val", type=int, default=1000, help="generated validation images (default: %(default)s, the benchmark's)")
@@ -62,9 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     load_dataset(data_dir, args.image_size, cache_dir=work / "cache", progress=False)  # decode once, before the workers
     base_lr = BASELINE_HYPERPARAMETERS["lr"]
     with ProcessPoolExecutor(args.workers) as pool:
-        runs = list(pool.map(
-            train_once, *zip(*[(str(data_dir), str(work / "cache"), args.image_size, args.epochs, args.seed, base_lr * f) for f in args.lr_factors])
-        ))
+        runs = list(
+            pool.map(
+                train_once,
+                *zip(
+                    *[(str(data_dir), str(work / "cache"), args.image_size, args.epochs, args.seed, base_lr * f) for f in args.lr_factors]
+                ),
+            )
+        )
     bests = [r["best"] for r in runs]
     report = {
         "settings": {**vars(args), "out": str(args.out), "data": spec.__dict__},
@@ -75,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in runs:
         print(f"lr {r['lr']:.6f}: best {METRIC} {r['best']:.4f} (final {r['final']:.4f})")
     b = report["best"]
-    print(f"{len(runs)} runs of configurations within {max(abs(f - 1) for f in args.lr_factors):.1%} of lr {base_lr}: "
-          f"best {METRIC} mean {b['mean']:.4f}, sd {b['sd']:.4f}, range {b['min']:.4f}-{b['max']:.4f}")
+    print(
+        f"{len(runs)} runs of configurations within {max(abs(f - 1) for f in args.lr_factors):.1%} of lr {base_lr}: "
+        f"best {METRIC} mean {b['mean']:.4f}, sd {b['sd']:.4f}, range {b['min']:.4f}-{b['max']:.4f}"
+    )
     return 0
 
 

@@ -93,7 +93,9 @@ def run_one(data_dir: Path, storage: Path, name: str, seed: int, common: list[st
     return json.loads((storage / name / "summary.json").read_text()), time.perf_counter() - start
 
 
-def run_or_reuse(data_dir: Path, storage: Path, name: str, seed: int, common: list[str], extra: list[str], wall_s: float) -> tuple[dict, float]:
+def run_or_reuse(
+    data_dir: Path, storage: Path, name: str, seed: int, common: list[str], extra: list[str], wall_s: float
+) -> tuple[dict, float]:
     done = storage / name / "summary.json"
     return (json.loads(done.read_text()), wall_s) if done.exists() else run_one(data_dir, storage, name, seed, common, extra)
 
@@ -109,7 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--independent-training", action="store_true", help="train the random search with its own seed (seed + 100)")
     parser.add_argument("--difficulty", type=float, default=1.0, help="generated task difficulty (default: %(default)s)")
     parser.add_argument("--metric", default="val_fracture_f1", choices=sorted(METRICS))
-    parser.add_argument("--asha", type=shlex.split, default=[], help="extra tuning.run flags for the ASHA + TPE side, quoted: --asha='--rung-metric val_roc_auc'")
+    parser.add_argument(
+        "--asha",
+        type=shlex.split,
+        default=[],
+        help="extra tuning.run flags for the ASHA + TPE side, quoted: --asha='--rung-metric val_roc_auc'",
+    )
     parser.add_argument("--label", default="asha", help="name of the ASHA + TPE runs (runs already in --work-dir are reused)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/search_efficiency.json"))
     parser.add_argument("--work-dir", type=Path, default=None)
@@ -124,8 +131,20 @@ def main(argv: list[str] | None = None) -> int:
     spec = task_spec(args.train, args.val, args.difficulty)
     data_dir = ensure_generated(work / "data", spec)
     common = [
-        "--arch", "cnn", "--num-samples", str(args.num_samples), "--epochs", str(args.epochs), "--image-size", str(args.image_size),
-        "--metric", args.metric, "--cpus-per-trial", "1", "--cache-dir", str(work / "cache"),
+        "--arch",
+        "cnn",
+        "--num-samples",
+        str(args.num_samples),
+        "--epochs",
+        str(args.epochs),
+        "--image-size",
+        str(args.image_size),
+        "--metric",
+        args.metric,
+        "--cpus-per-trial",
+        "1",
+        "--cache-dir",
+        str(work / "cache"),
     ]
     report = {"settings": {**vars(args), "out": str(args.out), "work_dir": str(work), "data": spec.__dict__}, "seeds": []}
     # Searches already in --work-dir are reused (their wall time from a previous --out, if any).
@@ -133,12 +152,21 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         training_seed = seed + 100 if args.independent_training else seed
         random_summary, random_s = run_or_reuse(
-            data_dir, work / "runs", f"random-{seed}", training_seed, common,
+            data_dir,
+            work / "runs",
+            f"random-{seed}",
+            training_seed,
+            common,
             ["--sampler", "random", "--sampler-seed", str(seed + 100), "--scheduler", "none"],
             previous.get(seed, {}).get("random", {}).get("wall_s") or math.nan,
         )
         asha_summary, asha_s = run_or_reuse(
-            data_dir, work / "runs", f"{args.label}-{seed}", seed, common, args.asha,
+            data_dir,
+            work / "runs",
+            f"{args.label}-{seed}",
+            seed,
+            common,
+            args.asha,
             previous.get(seed, {}).get("asha_tpe", {}).get("wall_s") or math.nan,
         )
         random_history = trial_histories(work / "runs" / f"random-{seed}")
@@ -148,28 +176,43 @@ def main(argv: list[str] | None = None) -> int:
 
         def within(history: pd.DataFrame, score: pd.Series) -> dict[str, int | None]:
             """Not the target, a reading of it: epochs until a value just short of random search's best."""
-            return {str(tol): epochs_to_reach(history, score, target - tol if mode == "max" else target + tol, mode) for tol in (0.005, 0.01, 0.02)}
+            return {
+                str(tol): epochs_to_reach(history, score, target - tol if mode == "max" else target + tol, mode)
+                for tol in (0.005, 0.01, 0.02)
+            }
+
         row = {
             "seed": seed,
-            "random": {"epochs": int(len(random_history)), "best": target, "wall_s": round(random_s, 1),
-                       "epochs_to_best": epochs_to_reach(random_history, random_score, target, mode),
-                       "epochs_to_within": within(random_history, random_score),
-                       "best_is_baseline": random_summary["best_trial"]["trial_id"] == (random_summary["baseline_trial"] or {}).get("trial_id"),
-                       "test_fracture_f1": random_summary["test"]["fracture_f1"]},
-            "asha_tpe": {"epochs": int(len(asha_history)), "wall_s": round(asha_s, 1),
-                         "best": float(asha_score.max() if mode == "max" else asha_score.min()),
-                         "epochs_to_random_best": epochs_to_reach(asha_history, asha_score, target, mode),
-                         # Not the target, a reading of it: the same count for a value just under random's best.
-                         "epochs_to_within": within(asha_history, asha_score),
-                         "trials_stopped_early": asha_summary["trials_stopped_early"],
-                         "test_fracture_f1": asha_summary["test"]["fracture_f1"]},
+            "random": {
+                "epochs": int(len(random_history)),
+                "best": target,
+                "wall_s": round(random_s, 1),
+                "epochs_to_best": epochs_to_reach(random_history, random_score, target, mode),
+                "epochs_to_within": within(random_history, random_score),
+                "best_is_baseline": random_summary["best_trial"]["trial_id"] == (random_summary["baseline_trial"] or {}).get("trial_id"),
+                "test_fracture_f1": random_summary["test"]["fracture_f1"],
+            },
+            "asha_tpe": {
+                "epochs": int(len(asha_history)),
+                "wall_s": round(asha_s, 1),
+                "best": float(asha_score.max() if mode == "max" else asha_score.min()),
+                "epochs_to_random_best": epochs_to_reach(asha_history, asha_score, target, mode),
+                # Not the target, a reading of it: the same count for a value just under random's best.
+                "epochs_to_within": within(asha_history, asha_score),
+                "trials_stopped_early": asha_summary["trials_stopped_early"],
+                "test_fracture_f1": asha_summary["test"]["fracture_f1"],
+            },
             # Equal under common random numbers: the same config, trained the same way in both searches.
             "baseline_final": (random_summary["baseline_trial"] or {}).get("best_value"),
             "baseline_final_asha_tpe": (asha_summary["baseline_trial"] or {}).get("best_value"),
             "rank_correlation_by_epoch": rank_correlations(random_history, random_score, args.epochs),
             # Would a smoother signal rank early epochs better? Rank at epoch k by it, final rank by the metric.
-            "rank_correlation_by_epoch_roc_auc": rank_correlations(random_history, random_history["val_roc_auc"], args.epochs, final=random_score),
-            "rank_correlation_by_epoch_neg_val_loss": rank_correlations(random_history, -random_history["val_loss"], args.epochs, final=random_score),
+            "rank_correlation_by_epoch_roc_auc": rank_correlations(
+                random_history, random_history["val_roc_auc"], args.epochs, final=random_score
+            ),
+            "rank_correlation_by_epoch_neg_val_loss": rank_correlations(
+                random_history, -random_history["val_loss"], args.epochs, final=random_score
+            ),
         }
         reached = row["asha_tpe"]["epochs_to_random_best"]
         row["fraction_of_random_epochs_to_reach"] = None if reached is None else reached / row["random"]["epochs"]
@@ -178,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.out, report)
     ray.shutdown()
 
-    lines = ["| seed | random: epochs / best | ASHA+TPE: epochs / best | ASHA+TPE epochs to random's best | fraction | to within 0.01 |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| seed | random: epochs / best | ASHA+TPE: epochs / best | ASHA+TPE epochs to random's best | fraction | to within 0.01 |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in report["seeds"]:
         fraction = r["fraction_of_random_epochs_to_reach"]
         lines.append(
@@ -186,11 +232,16 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['asha_tpe']['epochs_to_random_best'] or 'not reached'} | {'-' if fraction is None else f'{fraction:.2f}'} "
             f"| {r['asha_tpe']['epochs_to_within']['0.01'] or 'not reached'} |"
         )
-    for key, label in [("rank_correlation_by_epoch", args.metric), ("rank_correlation_by_epoch_roc_auc", "val_roc_auc"),
-                       ("rank_correlation_by_epoch_neg_val_loss", "val_loss")]:
+    for key, label in [
+        ("rank_correlation_by_epoch", args.metric),
+        ("rank_correlation_by_epoch_roc_auc", "val_roc_auc"),
+        ("rank_correlation_by_epoch_neg_val_loss", "val_loss"),
+    ]:
         correlations = pd.DataFrame([r[key] for r in report["seeds"]])
-        lines.append(f"Spearman(rank by {label} at epoch k, rank by best {args.metric}), random-search trials, mean over seeds: "
-                     + ", ".join(f"k={k}: {v:.2f}" for k, v in correlations.mean().items() if not math.isnan(v)))
+        lines.append(
+            f"Spearman(rank by {label} at epoch k, rank by best {args.metric}), random-search trials, mean over seeds: "
+            + ", ".join(f"k={k}: {v:.2f}" for k, v in correlations.mean().items() if not math.isnan(v))
+        )
     print("\n".join(lines))
     return 0
 

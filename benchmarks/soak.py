@@ -49,8 +49,22 @@ def main() -> int:
     env = {**os.environ, "FRACTURE_MLFLOW_DIR": str(args.work_dir / "mlflow"), "FRACTURE_CACHE_DIR": str(args.work_dir / "cache")}
     env.pop("MLFLOW_TRACKING_URI", None)
     command = [
-        sys.executable, "-m", "tuning.run", "--synthetic", "--arch", "cnn", "--num-samples", str(args.num_samples),
-        "--epochs", str(args.epochs), "--image-size", str(args.image_size), "--storage-path", str(args.work_dir / "tune"), "--name", name,
+        sys.executable,
+        "-m",
+        "tuning.run",
+        "--synthetic",
+        "--arch",
+        "cnn",
+        "--num-samples",
+        str(args.num_samples),
+        "--epochs",
+        str(args.epochs),
+        "--image-size",
+        str(args.image_size),
+        "--storage-path",
+        str(args.work_dir / "tune"),
+        "--name",
+        name,
     ]
     log = args.work_dir / "search.log"
     start = time.monotonic()
@@ -83,10 +97,15 @@ def main() -> int:
         "mlflow_child_runs_finished": sum(c.info.status == "FINISHED" for c in children),
         "summary_trials": summary["num_trials"],
         "outbox_pending": sum(1 for line in (experiment / "mlflow_outbox.jsonl").read_text().splitlines() if line.strip())
-        if (experiment / "mlflow_outbox.jsonl").is_file() else 0,
+        if (experiment / "mlflow_outbox.jsonl").is_file()
+        else 0,
     }
     nothing_lost = (
-        checks["optuna_trials"] == checks["optuna_finished"] == checks["mlflow_child_runs_finished"] == checks["summary_trials"] == args.num_samples
+        checks["optuna_trials"]
+        == checks["optuna_finished"]
+        == checks["mlflow_child_runs_finished"]
+        == checks["summary_trials"]
+        == args.num_samples
         and checks["outbox_pending"] == 0
     )
     result = {

@@ -26,7 +26,9 @@ from fracture_models.loader import BatchLoader  # noqa: E402
 
 
 def measure(arch: str, size: int, batch_size: int, channels_last: bool, device: torch.device, min_steps: int, min_seconds: float) -> float:
-    config = TrainConfig(arch=arch, image_size=size, batch_size=batch_size, channels_last=channels_last, weights="none")  # speed does not depend on the weights
+    config = TrainConfig(
+        arch=arch, image_size=size, batch_size=batch_size, channels_last=channels_last, weights="none"
+    )  # speed does not depend on the weights
     state = build_training(config, device)
     n = batch_size * (min_steps + 1)
     split = DecodedSplit("bench", torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8), torch.arange(n) % 2, [""] * n)

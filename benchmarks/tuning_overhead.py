@@ -41,11 +41,34 @@ HYPERPARAMETERS = ("lr", "step_size", "gamma", "aug_strength")
 
 
 def through_tuning(data_dir: Path, work: Path, name: str, trials: int, epochs: int, size: int) -> tuple[float, list[dict]]:
-    args = get_args_parser().parse_args([
-        "--arch", "cnn", "--data-dir", str(data_dir), "--storage-path", str(work / "runs"), "--name", name,
-        "--num-samples", str(trials), "--epochs", str(epochs), "--image-size", str(size), "--sampler", "random",
-        "--scheduler", "none", "--max-concurrent", "1", "--cpus-per-trial", "2", "--cache-dir", str(work / "cache"),
-    ])
+    args = get_args_parser().parse_args(
+        [
+            "--arch",
+            "cnn",
+            "--data-dir",
+            str(data_dir),
+            "--storage-path",
+            str(work / "runs"),
+            "--name",
+            name,
+            "--num-samples",
+            str(trials),
+            "--epochs",
+            str(epochs),
+            "--image-size",
+            str(size),
+            "--sampler",
+            "random",
+            "--scheduler",
+            "none",
+            "--max-concurrent",
+            "1",
+            "--cpus-per-trial",
+            "2",
+            "--cache-dir",
+            str(work / "cache"),
+        ]
+    )
     start = time.perf_counter()
     if run_search(args) != 0:
         raise SystemExit(f"{name} failed")
@@ -89,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         tuned_s, configs = through_tuning(data_dir, work, name, trials, epochs, size)
         direct_s = directly(data_dir, work, configs, epochs, size)
         report["regimes"][name] = {
-            "trials": trials, "epochs": epochs, "image_size": size,
-            "tuning_s": round(tuned_s, 2), "direct_s": round(direct_s, 2),
+            "trials": trials,
+            "epochs": epochs,
+            "image_size": size,
+            "tuning_s": round(tuned_s, 2),
+            "direct_s": round(direct_s, 2),
             "ratio": round(tuned_s / direct_s, 3),
             "overhead_per_trial_s": round((tuned_s - direct_s) / trials, 2),
             "direct_s_per_trial": round(direct_s / trials, 2),

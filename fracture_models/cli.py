@@ -96,7 +96,9 @@ def get_hyperparameter_parser(add_help: bool = False) -> argparse.ArgumentParser
     parser = argparse.ArgumentParser(add_help=add_help)
     base = BASELINE_HYPERPARAMETERS
     parser.add_argument("--lr", type=_positive_float, default=base["lr"], help="Adam learning rate (default: %(default)s)")
-    parser.add_argument("--step-size", type=_positive_int, default=base["step_size"], help="StepLR step size in epochs (default: %(default)s)")
+    parser.add_argument(
+        "--step-size", type=_positive_int, default=base["step_size"], help="StepLR step size in epochs (default: %(default)s)"
+    )
     parser.add_argument("--gamma", type=_positive_float, default=base["gamma"], help="StepLR decay factor (default: %(default)s)")
     parser.add_argument(
         "--aug-strength",

@@ -117,7 +117,9 @@ def fit_temperature(labels: np.ndarray, probability: np.ndarray) -> float:
 
 def expected_calibration_error(labels: np.ndarray, probability: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
     """ECE over equal-width bins of the confidence in the predicted class."""
-    return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in reliability_bins(labels, probability, bins)) / max(len(labels), 1))
+    return float(
+        sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in reliability_bins(labels, probability, bins)) / max(len(labels), 1)
+    )
 
 
 def reliability_bins(labels: np.ndarray, probability: np.ndarray, bins: int = CALIBRATION_BINS) -> list[dict]:
@@ -132,8 +134,15 @@ def reliability_bins(labels: np.ndarray, probability: np.ndarray, bins: int = CA
     for b in range(bins):
         inside = which == b
         if inside.any():
-            rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": int(inside.sum()),
-                         "confidence": float(confidence[inside].mean()), "accuracy": float(correct[inside].mean())})
+            rows.append(
+                {
+                    "low": float(edges[b]),
+                    "high": float(edges[b + 1]),
+                    "count": int(inside.sum()),
+                    "confidence": float(confidence[inside].mean()),
+                    "accuracy": float(correct[inside].mean()),
+                }
+            )
     return rows
 
 
@@ -149,10 +158,16 @@ def calibration_report(val_labels, val_probability, test_labels, test_probabilit
     return {
         "temperature": temperature,
         "fitted_on": "val",
-        "before": {"ece": expected_calibration_error(test_labels, test_probability), "brier": brier_score(test_labels, test_probability),
-                   "bins": reliability_bins(test_labels, test_probability)},
-        "after": {"ece": expected_calibration_error(test_labels, scaled), "brier": brier_score(test_labels, scaled),
-                  "bins": reliability_bins(test_labels, scaled)},
+        "before": {
+            "ece": expected_calibration_error(test_labels, test_probability),
+            "brier": brier_score(test_labels, test_probability),
+            "bins": reliability_bins(test_labels, test_probability),
+        },
+        "after": {
+            "ece": expected_calibration_error(test_labels, scaled),
+            "brier": brier_score(test_labels, scaled),
+            "bins": reliability_bins(test_labels, scaled),
+        },
     }
 
 
@@ -195,6 +210,11 @@ def clinical_scalars(report: dict) -> dict[str, float]:
     flat["operating_threshold"] = report["operating_point"]["test"]["threshold"]
     flat["roc_auc_ci_low"], flat["roc_auc_ci_high"] = report["roc_auc"]["ci95"]
     calibration = report["calibration"]
-    flat.update(temperature=calibration["temperature"], ece=calibration["before"]["ece"], ece_calibrated=calibration["after"]["ece"],
-                brier=calibration["before"]["brier"], brier_calibrated=calibration["after"]["brier"])
+    flat.update(
+        temperature=calibration["temperature"],
+        ece=calibration["before"]["ece"],
+        ece_calibrated=calibration["after"]["ece"],
+        brier=calibration["before"]["brier"],
+        brier_calibrated=calibration["after"]["brier"],
+    )
     return flat

@@ -75,7 +75,9 @@ class DecodedSplit:
         for path in sorted(drop):
             digest.update(f"-{path}\n".encode())
         index = torch.tensor(keep, dtype=torch.int64)
-        return DecodedSplit(self.name, self.images[index], self.labels[index], [self.paths[i] for i in keep], self.excluded, digest.hexdigest()[:16])
+        return DecodedSplit(
+            self.name, self.images[index], self.labels[index], [self.paths[i] for i in keep], self.excluded, digest.hexdigest()[:16]
+        )
 
 
 @dataclass
@@ -116,8 +118,7 @@ class FractureDataset:
             "image_size": self.image_size,
             "fingerprint": self.fingerprint,
             "splits": {
-                name: {"images": len(s), "classes": s.class_counts(), "excluded": len(s.excluded)}
-                for name, s in self.splits.items()
+                name: {"images": len(s), "classes": s.class_counts(), "excluded": len(s.excluded)} for name, s in self.splits.items()
             },
             "excluded_files": len(self.excluded),
         }
@@ -166,9 +167,7 @@ def list_split_files(root: Path, split: str) -> list[tuple[Path, int]]:
                 f"{' and '.join(map(repr, CLASS_NAMES))} (lowercase, with a space); found {found}."
             )
         images = sorted(
-            p
-            for p in class_dir.iterdir()
-            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+            p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
         )
         if not images:
             raise DatasetError(f"Class folder has no images: {class_dir}.")

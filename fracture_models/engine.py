@@ -188,7 +188,11 @@ def fit(
         history.append(row)
         logger.info(
             "epoch %d: train loss %.4f, val loss %.4f, val accuracy %.4f, val fracture F1 %.4f",
-            epoch, row["train_loss"], row["val_loss"], row["val_accuracy"], row["val_fracture_f1"],
+            epoch,
+            row["train_loss"],
+            row["val_loss"],
+            row["val_accuracy"],
+            row["val_fracture_f1"],
         )
         if on_epoch_end is not None:
             on_epoch_end(row, val, state)

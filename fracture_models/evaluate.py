@@ -50,7 +50,9 @@ def evaluate_checkpoint(
     test = classification_metrics(test_labels, test_probability, loss=test_loss)
     test["checkpoint_epoch"] = int(checkpoint["epoch"])
     clinical = clinical_report(val_labels, val_probability, test_labels, test_probability, target_sensitivity=target_sensitivity, seed=seed)
-    panels = heatmap_panels(state.model, config.arch, test_split.images, pick_examples(test_labels, test_probability), state.device, state.channels_last)
+    panels = heatmap_panels(
+        state.model, config.arch, test_split.images, pick_examples(test_labels, test_probability), state.device, state.channels_last
+    )
     folder.mkdir(parents=True, exist_ok=True)
     files = [
         plot_roc_curve(clinical, folder / ROC_FILE, title=f"{config.arch}: ROC curve on test"),
@@ -72,7 +74,12 @@ def format_clinical(clinical: dict) -> list[str]:
     at_half, point, auc, calibration = clinical["at_0.5"], clinical["operating_point"], clinical["roc_auc"], clinical["calibration"]
     chosen = point["test"]
     lines = [f"Winner on test, for '{clinical['positive_class']}' at threshold 0.5:"]
-    for key, label in [("fracture_sensitivity", "sensitivity"), ("fracture_specificity", "specificity"), ("fracture_ppv", "PPV"), ("fracture_npv", "NPV")]:
+    for key, label in [
+        ("fracture_sensitivity", "sensitivity"),
+        ("fracture_specificity", "specificity"),
+        ("fracture_ppv", "PPV"),
+        ("fracture_npv", "NPV"),
+    ]:
         lines.append(f"{label:>24}  {_with_interval(at_half[key])}")
     lines.append(f"{'ROC AUC':>24}  {auc['value']:.3f} (95% bootstrap CI {auc['ci95'][0]:.3f}-{auc['ci95'][1]:.3f})")
     lines += [

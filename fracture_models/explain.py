@@ -8,6 +8,7 @@ and the Grad-CAM paper use for these families).
 from __future__ import annotations
 
 import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -55,11 +56,21 @@ def pick_examples(labels: np.ndarray, probability: np.ndarray, per_group: int = 
         for correct in (True, False):
             index = np.flatnonzero((labels == true) & ((predicted == labels) == correct))
             for i in index[np.argsort(-confidence[index], kind="stable")][:per_group]:
-                chosen.append({"index": int(i), "true": int(true), "predicted": int(predicted[i]), "probability": float(probability[i]), "correct": correct})
+                chosen.append(
+                    {
+                        "index": int(i),
+                        "true": int(true),
+                        "predicted": int(predicted[i]),
+                        "probability": float(probability[i]),
+                        "correct": correct,
+                    }
+                )
     return chosen
 
 
-def heatmap_panels(model: nn.Module, arch: str, images: torch.Tensor, examples: list[dict], device: torch.device, channels_last: bool = False) -> list[dict]:
+def heatmap_panels(
+    model: nn.Module, arch: str, images: torch.Tensor, examples: list[dict], device: torch.device, channels_last: bool = False
+) -> list[dict]:
     """Grad-CAM of the predicted class for each chosen example, ready for `plots.plot_heatmap_grid`."""
     if not examples:
         return []

@@ -43,16 +43,23 @@ class Metric:
     display: str
 
 
-CATALOGUE: Mapping[str, Metric] = MappingProxyType({m.name: m for m in (
-    Metric("fracture_f1", "max", True, "fracture F1"),
-    Metric("accuracy", "max", True, "accuracy"),
-    Metric("roc_auc", "max", False, "ROC AUC"),
-    Metric("fracture_sensitivity", "max", True, "fracture sensitivity"),
-    Metric("fracture_specificity", "max", True, "fracture specificity"),
-    Metric("fracture_precision", "max", True, "fracture precision"),
-    Metric("loss", "min", False, "loss"),
-)})
-SELECTION_METRICS = tuple(f"val_{name}" for name in ("fracture_f1", "accuracy", "roc_auc", "fracture_sensitivity", "fracture_specificity", "loss"))
+CATALOGUE: Mapping[str, Metric] = MappingProxyType(
+    {
+        m.name: m
+        for m in (
+            Metric("fracture_f1", "max", True, "fracture F1"),
+            Metric("accuracy", "max", True, "accuracy"),
+            Metric("roc_auc", "max", False, "ROC AUC"),
+            Metric("fracture_sensitivity", "max", True, "fracture sensitivity"),
+            Metric("fracture_specificity", "max", True, "fracture specificity"),
+            Metric("fracture_precision", "max", True, "fracture precision"),
+            Metric("loss", "min", False, "loss"),
+        )
+    }
+)
+SELECTION_METRICS = tuple(
+    f"val_{name}" for name in ("fracture_f1", "accuracy", "roc_auc", "fracture_sensitivity", "fracture_specificity", "loss")
+)
 DEFAULT_SELECTION_METRIC = "val_fracture_f1"  # selection is on validation, always
 _PREFIXES = ("best_", "confirm_", "val_", "test_", "train_")
 
@@ -101,9 +108,7 @@ def classification_metrics(
     precision = _ratio(tp, tp + fp)
     sensitivity = _ratio(tp, tp + fn)
     both_classes = len(np.unique(labels)) == 2
-    report = classification_report(
-        labels, predicted, labels=order, target_names=list(CLASS_NAMES), output_dict=True, zero_division=0
-    )
+    report = classification_report(labels, predicted, labels=order, target_names=list(CLASS_NAMES), output_dict=True, zero_division=0)
     return {
         "loss": float(loss) if loss is not None else math.nan,
         "accuracy": _ratio(tp + tn, len(labels)),

@@ -211,7 +211,13 @@ def _imagenet_state_dict(weights: str, enum_value) -> dict[str, torch.Tensor] | 
 _FINE_TUNING_LR = MappingProxyType({"lr": MappingProxyType({"low": 1e-5, "high": 3e-3, "log": True})})
 
 
-@register_model("resnet50", default_weights="imagenet", gradcam_layer=lambda model: model.layer4, channels_last_on_cpu=True, search_space=_FINE_TUNING_LR)
+@register_model(
+    "resnet50",
+    default_weights="imagenet",
+    gradcam_layer=lambda model: model.layer4,
+    channels_last_on_cpu=True,
+    search_space=_FINE_TUNING_LR,
+)
 def _resnet50(*, num_classes: int, weights: str, image_size: int) -> nn.Module:
     from torchvision.models import ResNet50_Weights, resnet50
 

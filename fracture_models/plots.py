@@ -82,7 +82,15 @@ def plot_learning_curves(
         chosen = name == highlight
         colour = "black" if chosen else colours(norm(best[name]))
         label = f"{name} (selected, best {best[name]:.3f})" if chosen else (f"{name} (best {best[name]:.3f})" if name in labelled else None)
-        ax.plot(epochs, values, lw=2.4 if chosen else 1.2, alpha=1.0 if chosen or name in labelled else 0.55, zorder=3 if chosen else 2, color=colour, label=label)
+        ax.plot(
+            epochs,
+            values,
+            lw=2.4 if chosen else 1.2,
+            alpha=1.0 if chosen or name in labelled else 0.55,
+            zorder=3 if chosen else 2,
+            color=colour,
+            label=label,
+        )
         if max(epochs) < longest:
             ax.plot(epochs[-1], values[-1], "x", color=colour, ms=7)
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -108,7 +116,12 @@ def plot_roc_curve(report: dict, path: str | Path, title: str = "ROC curve (test
     """The test ROC curve with its AUC interval, the 0.5 threshold and the validation-chosen operating point."""
     roc, auc = report["roc"], report["roc_auc"]
     fig, ax = _figure(figsize=(4.8, 4.6), dpi=120)
-    ax.plot(roc["false_positive_rate"], roc["true_positive_rate"], lw=2, label=f"AUC {auc['value']:.3f} (95% CI {auc['ci95'][0]:.3f}-{auc['ci95'][1]:.3f})")
+    ax.plot(
+        roc["false_positive_rate"],
+        roc["true_positive_rate"],
+        lw=2,
+        label=f"AUC {auc['value']:.3f} (95% CI {auc['ci95'][0]:.3f}-{auc['ci95'][1]:.3f})",
+    )
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
     for key, marker, name in [("at_0.5", "o", "threshold 0.5"), ("operating_point", "s", None)]:
         rates = report[key] if key == "at_0.5" else report[key]["test"]
@@ -128,7 +141,12 @@ def plot_reliability(calibration: dict, path: str | Path, title: str = "Reliabil
     ax.plot([0.5, 1], [0.5, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
     for key, name in [("before", "before"), ("after", f"after T = {calibration['temperature']:.2f}")]:
         bins = calibration[key]["bins"]
-        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", label=f"{name}: ECE {calibration[key]['ece']:.3f}, Brier {calibration[key]['brier']:.3f}")
+        ax.plot(
+            [b["confidence"] for b in bins],
+            [b["accuracy"] for b in bins],
+            "o-",
+            label=f"{name}: ECE {calibration[key]['ece']:.3f}, Brier {calibration[key]['brier']:.3f}",
+        )
     ax.set_xlabel("confidence in the predicted class")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0.5, 1.0)

@@ -117,15 +117,32 @@ def render_radiograph(rng: np.random.Generator, width: int, height: int, fractur
     tissue = 0.12 + rng.uniform(0.05, 0.15) * np.exp(-((across / (half_width * rng.uniform(2.5, 4.5))) ** 2))
     tissue = tissue + 0.04 * np.sin(rng.uniform(1, 4) * x + rng.uniform(0, 6)) * np.cos(rng.uniform(1, 4) * y)
     density = _bone(
-        rng, x, y, centre=centre, angle=angle, half_length=rng.uniform(0.6, 1.0),
-        half_width=half_width, fractured=fractured, difficulty=difficulty,
+        rng,
+        x,
+        y,
+        centre=centre,
+        angle=angle,
+        half_length=rng.uniform(0.6, 1.0),
+        half_width=half_width,
+        fractured=fractured,
+        difficulty=difficulty,
     )
     if rng.random() < 0.35:  # a neighbouring bone (radius/ulna, tibia/fibula), never broken
         offset = half_width * rng.uniform(2.2, 3.0) * rng.choice([-1, 1])
-        density = np.maximum(density, _bone(
-            rng, x, y, centre=(centre[0] - offset * sin, centre[1] + offset * cos), angle=angle + rng.uniform(-0.1, 0.1),
-            half_length=rng.uniform(0.5, 0.9), half_width=half_width * rng.uniform(0.5, 0.8), fractured=False, difficulty=difficulty,
-        ))
+        density = np.maximum(
+            density,
+            _bone(
+                rng,
+                x,
+                y,
+                centre=(centre[0] - offset * sin, centre[1] + offset * cos),
+                angle=angle + rng.uniform(-0.1, 0.1),
+                half_length=rng.uniform(0.5, 0.9),
+                half_width=half_width * rng.uniform(0.5, 0.8),
+                fractured=False,
+                difficulty=difficulty,
+            ),
+        )
     if rng.random() < 0.5:  # a smooth joint line near one end: dark, straight, in both classes
         along = (x - centre[0]) * cos + (y - centre[1]) * sin
         joint = rng.choice([-1, 1]) * rng.uniform(0.55, 0.8)
@@ -211,9 +228,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("out_dir", type=Path, help="folder to write (the dataset's doubled top folder goes inside)")
     for split in SPLITS:
         parser.add_argument(f"--{split}", type=int, default=defaults.count(split), help=f"images in {split} (default: %(default)s)")
-    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="approximate side in px; each image varies by -20%%/+25%% (default: %(default)s)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=defaults.image_size,
+        help="approximate side in px; each image varies by -20%%/+25%% (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
-    parser.add_argument("--difficulty", type=float, default=defaults.difficulty, help="higher: thinner breaks, more noise (default: %(default)s)")
+    parser.add_argument(
+        "--difficulty", type=float, default=defaults.difficulty, help="higher: thinner breaks, more noise (default: %(default)s)"
+    )
     return parser
 
 

@@ -31,8 +31,8 @@ from fracture_models.data import ExcludedFile, load_dataset, resolve_dataset_roo
 from fracture_models.engine import build_training, fit, make_checkpoint, make_loaders, save_checkpoint, select_device
 from fracture_models.evaluate import evaluate_checkpoint, format_clinical
 from fracture_models.metrics import DEFAULT_SELECTION_METRIC, predicts_one_class, scalar_metrics, selection_score
-from fracture_models.records import write_json
 from fracture_models.plots import plot_confusion_matrix, plot_loss_curves
+from fracture_models.records import write_json
 
 logger = logging.getLogger("fracture_models.train")
 
@@ -94,8 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     write_excluded(dataset.excluded, out / "excluded_files.csv")
     logger.info(
         "Training %s on %s (%s) for %d epochs on %s; %d files excluded (listed in %s)",
-        config.arch, dataset.root, ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items()),
-        config.epochs, device, len(dataset.excluded), out / "excluded_files.csv",
+        config.arch,
+        dataset.root,
+        ", ".join(f"{k} {len(v)}" for k, v in dataset.splits.items()),
+        config.epochs,
+        device,
+        len(dataset.excluded),
+        out / "excluded_files.csv",
     )
 
     train_loader, val_loader = make_loaders(state, dataset.train, dataset.val)
@@ -117,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # The test split is evaluated exactly once, for the checkpoint selected on validation, with the
     # same clinical report as a search's winner.
-    test, clinical, _ = evaluate_checkpoint(checkpoint_path, dataset.val, dataset.test, config.batch_size, out, seed=config.seed, device=device)
+    test, clinical, _ = evaluate_checkpoint(
+        checkpoint_path, dataset.val, dataset.test, config.batch_size, out, seed=config.seed, device=device
+    )
 
     plot_confusion_matrix(test["confusion_matrix"], out / "confusion_matrix.png", title=f"{config.arch}: test (epoch {best['epoch']})")
     plot_loss_curves(history, out / "loss_curves.png", title=f"{config.arch}: loss")

@@ -45,18 +45,21 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
     parser.add_argument("--store", default=None, help="folder of the default stores (default: $FRACTURE_MLFLOW_DIR, else ./runs/mlflow)")
     parser.add_argument(
-        "--backend-store-uri", default=None,
+        "--backend-store-uri",
+        default=None,
         help="runs and registry: a SQLAlchemy URL such as postgresql://user@host/db (default: sqlite <store>/mlflow.db)",
     )
     parser.add_argument(
-        "--artifacts-destination", default=None,
+        "--artifacts-destination",
+        default=None,
         help="where proxied artifacts go: a folder or s3://bucket/prefix (default: <store>/artifacts)",
     )
     parser.add_argument("--auth", action="store_true", help=f"basic-auth; the admin password comes from ${ADMIN_PASSWORD_ENV} (user admin)")
     parser.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without --auth")
     parser.add_argument("--workers", type=int, default=1, help="server worker processes (default: %(default)s)")
     parser.add_argument(
-        "--allowed-hosts", default=None,
+        "--allowed-hosts",
+        default=None,
         help="Host headers the server answers, comma-separated, wildcards allowed (e.g. 'mlflow.internal,mlflow.internal:*'); "
         "MLflow's default is localhost and private IP addresses, so a DNS name teammates use must be listed",
     )
@@ -93,7 +96,7 @@ def _auth_settings(store: Path, env: dict) -> dict:
     if not env.get(ADMIN_PASSWORD_ENV):
         raise UserError(
             f"--auth needs the admin password in ${ADMIN_PASSWORD_ENV} (user 'admin'); there is no default. "
-            f"Example: export {ADMIN_PASSWORD_ENV}=\"$(openssl rand -base64 18)\""
+            f'Example: export {ADMIN_PASSWORD_ENV}="$(openssl rand -base64 18)"'
         )
     folder = store / "auth"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -120,11 +123,21 @@ LOOPBACK_HOSTS = "localhost,localhost:*,127.0.0.1,127.0.0.1:*"
 
 def server_command(args: argparse.Namespace, backend: str, artifacts: str) -> list[str]:
     command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--host", args.host, "--port", str(args.port),
-        "--backend-store-uri", backend,
-        "--serve-artifacts", "--artifacts-destination", artifacts,
-        "--workers", str(args.workers),
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--backend-store-uri",
+        backend,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        artifacts,
+        "--workers",
+        str(args.workers),
     ]
     if args.allowed_hosts:  # loopback stays allowed: this launcher's health check and local users
         command += ["--allowed-hosts", f"{args.allowed_hosts},{LOOPBACK_HOSTS}"]
@@ -195,8 +208,13 @@ def main(argv: list[str] | None = None) -> int:
 
     with open(log_file, "ab") as log:
         process = subprocess.Popen(
-            server_command(args, backend, artifacts), env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, cwd=store,
+            server_command(args, backend, artifacts),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=store,
         )
     signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     try:

@@ -114,7 +114,9 @@ class MlflowServer:
         with open(self.output, "ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "mlflow_server", "--store", str(self.store), "--port", str(self.port), *self.extra],
-                stdout=out, stderr=subprocess.STDOUT, env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -60,7 +60,9 @@ def test_a_name_alone_gives_every_fact_its_default(private_registry):
     assert "tiny" in list_models()
 
 
-def test_a_tiny_architecture_registered_in_the_test_searches_trains_and_explains(private_registry, ray_session, tiny_download: Path, tmp_path: Path):
+def test_a_tiny_architecture_registered_in_the_test_searches_trains_and_explains(
+    private_registry, ray_session, tiny_download: Path, tmp_path: Path
+):
     from fracture_models.train import main as train_main
     from tuning.run import main as search_main
 
@@ -68,7 +70,26 @@ def test_a_tiny_architecture_registered_in_the_test_searches_trains_and_explains
     common = ["--arch", "tiny", "--data-dir", str(tiny_download), "--image-size", "32", "--batch-size", "16", "--epochs", "2"]
 
     # A one-trial search: the trial runs in a Ray worker, which gets the driver's registry entry.
-    assert search_main([*common, "--num-samples", "1", "--scheduler", "none", "--confirm-top", "0", "--storage-path", str(tmp_path), "--name", "tiny-search", "--cpus-per-trial", "1"]) == 0
+    assert (
+        search_main(
+            [
+                *common,
+                "--num-samples",
+                "1",
+                "--scheduler",
+                "none",
+                "--confirm-top",
+                "0",
+                "--storage-path",
+                str(tmp_path),
+                "--name",
+                "tiny-search",
+                "--cpus-per-trial",
+                "1",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "tiny-search" / "summary.json").read_text())
     assert summary["arch"] == "tiny" and summary["best_trial"]["epochs"] == 2 and summary["test"]["num_images"] == 16
     assert (tmp_path / "tiny-search" / "test_gradcam.png").stat().st_size > 10_000  # Grad-CAM on its last Conv2d
@@ -85,11 +106,14 @@ def _plugin_package(site: Path) -> None:
     declares the entry point), that registers `tiny-plugin` on import."""
     package = site / "tiny_fracture_arch"
     package.mkdir(parents=True)
-    (package / "__init__.py").write_text(TINY_SOURCE + textwrap.dedent('''
+    (package / "__init__.py").write_text(
+        TINY_SOURCE
+        + textwrap.dedent("""
         from fracture_models.models import register_model
 
         register_model("tiny-plugin", build_tiny)
-    '''))
+    """)
+    )
     info = site / "tiny_fracture_arch-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tiny-fracture-arch\nVersion: 0.1\n")
@@ -104,10 +128,37 @@ def test_an_architecture_from_another_package_is_found_through_its_entry_point(t
     helped = subprocess.run([sys.executable, "-m", "tuning.run", "--help"], capture_output=True, text=True, timeout=300, env=env)
     assert helped.returncode == 0 and "tiny-plugin" in helped.stdout
     done = subprocess.run(
-        [sys.executable, "-m", "tuning.run", "--arch", "tiny-plugin", "--data-dir", str(tiny_download), "--image-size", "32", "--batch-size", "16",
-         "--epochs", "1", "--num-samples", "2", "--scheduler", "none", "--confirm-top", "0", "--cpus-per-trial", "1",
-         "--storage-path", str(tmp_path / "runs"), "--name", "plugin"],
-        capture_output=True, text=True, timeout=600, env=env,
+        [
+            sys.executable,
+            "-m",
+            "tuning.run",
+            "--arch",
+            "tiny-plugin",
+            "--data-dir",
+            str(tiny_download),
+            "--image-size",
+            "32",
+            "--batch-size",
+            "16",
+            "--epochs",
+            "1",
+            "--num-samples",
+            "2",
+            "--scheduler",
+            "none",
+            "--confirm-top",
+            "0",
+            "--cpus-per-trial",
+            "1",
+            "--storage-path",
+            str(tmp_path / "runs"),
+            "--name",
+            "plugin",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "runs" / "plugin" / "summary.json").read_text())

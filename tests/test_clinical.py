@@ -9,8 +9,14 @@ import pytest
 import torch
 
 from fracture_models.clinical import (
-    apply_temperature, auc_with_interval, calibration_report, clinical_report, expected_calibration_error, rates_with_intervals,
-    threshold_for_sensitivity, wilson_interval,
+    apply_temperature,
+    auc_with_interval,
+    calibration_report,
+    clinical_report,
+    expected_calibration_error,
+    rates_with_intervals,
+    threshold_for_sensitivity,
+    wilson_interval,
 )
 from fracture_models.config import TrainConfig
 from fracture_models.data import load_dataset

@@ -14,7 +14,12 @@ SEED = 0
 # Each configuration's true mean validation F1 and the noise of each training seed. "lucky" has the
 # best single run (seed 0 drew +2.5 sd) but a lower mean than "steady".
 TRUE_MEAN = {"lucky": 0.900, "steady": 0.925, "third": 0.905, "baseline": 0.890}
-SEED_NOISE = {"lucky": [0.0325, -0.004, 0.003], "steady": [-0.006, 0.004, -0.002], "third": [0.002, 0.0, -0.003], "baseline": [0.001, -0.002, 0.004]}
+SEED_NOISE = {
+    "lucky": [0.0325, -0.004, 0.003],
+    "steady": [-0.006, 0.004, -0.002],
+    "third": [0.002, 0.0, -0.003],
+    "baseline": [0.001, -0.002, 0.004],
+}
 
 
 def _config(name: str) -> dict:
@@ -30,8 +35,17 @@ def _score(name: str, seed: int) -> float:
 
 def _row(name: str, trial_id: str, seed: int = SEED, status: str = "completed", **extra) -> dict:
     value = _score(name, seed)
-    return {"trial_id": trial_id, **_config(name), "best_value": value, "checkpoint_score": value, "predicts_one_class": False,
-            "status": status, "epochs": 10, "seconds": 1.0, **extra}
+    return {
+        "trial_id": trial_id,
+        **_config(name),
+        "best_value": value,
+        "checkpoint_score": value,
+        "predicts_one_class": False,
+        "status": status,
+        "epochs": 10,
+        "seconds": 1.0,
+        **extra,
+    }
 
 
 def _search_rows() -> list[dict]:
@@ -43,13 +57,23 @@ def _search_rows() -> list[dict]:
 def _stub_train(runs: list[PlannedRun]) -> list[dict]:
     """Trains nothing: each run scores its configuration's true mean plus its seed's noise."""
     name_of = {f"t-{n}": n for n in TRUE_MEAN}
-    return [_row(name_of[run.confirms], f"c{i}", seed=run.seed) | {"seed": run.seed, CONFIRMS: run.confirms}
-            for i, run in enumerate(runs)]
+    return [_row(name_of[run.confirms], f"c{i}", seed=run.seed) | {"seed": run.seed, CONFIRMS: run.confirms} for i, run in enumerate(runs)]
 
 
 def _confirm(**overrides) -> dict:
-    settings = dict(names=NAMES, baseline=BASELINE_HYPERPARAMETERS, seed=SEED, mode="max", metric="val_fracture_f1", epochs=10,
-                    epochs_trained=500, top=3, extra_seeds=2, budget=0.25, train=_stub_train)
+    settings = dict(
+        names=NAMES,
+        baseline=BASELINE_HYPERPARAMETERS,
+        seed=SEED,
+        mode="max",
+        metric="val_fracture_f1",
+        epochs=10,
+        epochs_trained=500,
+        top=3,
+        extra_seeds=2,
+        budget=0.25,
+        train=_stub_train,
+    )
     return run_confirmation(_search_rows(), **{**settings, **overrides})
 
 
@@ -87,7 +111,15 @@ def test_confirmation_stays_within_its_budget_and_plans_round_by_round():
     confirmation = _confirm(epochs_trained=285)
     planned = [(r["confirms"], r["seed"]) for r in confirmation["planned"]]
     # Round 1: every candidate's first extra seed (best single run, then the baseline); round 2 until the budget ends.
-    assert planned == [("t-lucky", 1), ("t-baseline", 1), ("t-steady", 1), ("t-third", 1), ("t-lucky", 2), ("t-baseline", 2), ("t-steady", 2)]
+    assert planned == [
+        ("t-lucky", 1),
+        ("t-baseline", 1),
+        ("t-steady", 1),
+        ("t-third", 1),
+        ("t-lucky", 2),
+        ("t-baseline", 2),
+        ("t-steady", 2),
+    ]
     assert confirmation["runs_left_out_by_budget"] == 1
     assert confirmation["extra_epochs"] == 70 and confirmation["extra_fraction"] == pytest.approx(70 / 285) and 70 / 285 <= 0.25
     assert confirmation["winner"] == "t-steady"
@@ -96,8 +128,14 @@ def test_confirmation_stays_within_its_budget_and_plans_round_by_round():
 def test_a_baseline_stopped_early_is_retrained_with_the_search_seed_first():
     rows = [dict(r, status="stopped early", epochs=3) if r["trial_id"] == "t-baseline" else r for r in _search_rows()]
     runs, left_out = plan(
-        [{"row": rows[0], "is_baseline": False, "rank": 0}, {"row": next(r for r in rows if r["trial_id"] == "t-baseline"), "is_baseline": True, "rank": 4}],
-        NAMES, SEED, 2, limit=10,
+        [
+            {"row": rows[0], "is_baseline": False, "rank": 0},
+            {"row": next(r for r in rows if r["trial_id"] == "t-baseline"), "is_baseline": True, "rank": 4},
+        ],
+        NAMES,
+        SEED,
+        2,
+        limit=10,
     )
     assert [(r.confirms, r.seed) for r in runs] == [("t-lucky", 1), ("t-baseline", 0), ("t-lucky", 2), ("t-baseline", 1), ("t-baseline", 2)]
     assert left_out == 0

@@ -10,7 +10,17 @@ import torch
 
 from fracture_models.config import TrainConfig
 from fracture_models.data import load_dataset
-from fracture_models.engine import autocast_dtype, build_training, fit, load_checkpoint, make_checkpoint, make_loaders, predict, restore_training, save_checkpoint
+from fracture_models.engine import (
+    autocast_dtype,
+    build_training,
+    fit,
+    load_checkpoint,
+    make_checkpoint,
+    make_loaders,
+    predict,
+    restore_training,
+    save_checkpoint,
+)
 from fracture_models.explain import gradcam
 from fracture_models.loader import BatchLoader
 from fracture_models.models import create_model, list_models

@@ -31,8 +31,23 @@ CREDENTIAL_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY")  # only from .
 REQUIRED_REF = re.compile(r"^\$\{([A-Z][A-Z0-9_]*):\?[^}]+\}$")  # ${NAME:?message}
 LOOPBACK_OR_ENV = re.compile(r"^(127\.0\.0\.1|\$\{[A-Z][A-Z0-9_]*:-127\.0\.0\.1\})$")
 DOCKERFILE_INSTRUCTIONS = {
-    "FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME",
-    "USER", "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL",
+    "FROM",
+    "RUN",
+    "CMD",
+    "LABEL",
+    "EXPOSE",
+    "ENV",
+    "ADD",
+    "COPY",
+    "ENTRYPOINT",
+    "VOLUME",
+    "USER",
+    "WORKDIR",
+    "ARG",
+    "ONBUILD",
+    "STOPSIGNAL",
+    "HEALTHCHECK",
+    "SHELL",
 }
 NEVER_IN_CONTEXT = [".venv/bin/python", "runs/tune/x/job.json", "data/train/a.png", ".git/HEAD", "docker/.env"]
 
@@ -309,7 +324,9 @@ def test_dockerfile_copies_only_what_its_context_holds(services):
                 probe = source if (ROOT / source).is_file() else f"{source}/__init__.py"
                 assert not _dockerignore_excludes(patterns, probe), f"{dockerfile.name}: COPY {source}, but {ignore.name} leaves it out"
         text = dockerfile.read_text()
-        assert re.search(r'pip install "/tmp/fracture-tune\[postgres\]" boto3', text), f"{dockerfile.name}: project with [postgres] and boto3"
+        assert re.search(r'pip install "/tmp/fracture-tune\[postgres\]" boto3', text), (
+            f"{dockerfile.name}: project with [postgres] and boto3"
+        )
 
 
 def test_trainer_image_has_cuda_torch_and_ray(services):
@@ -393,7 +410,11 @@ def _run_compose_config(command: list[str], env_file: Path, variables: set[str])
     env = {k: v for k, v in os.environ.items() if k not in variables and not k.startswith("COMPOSE_")}
     return subprocess.run(
         [*command, "--env-file", str(env_file), "-f", str(COMPOSE_FILE), "--profile", "search", "config"],
-        capture_output=True, text=True, timeout=60, env=env, cwd=DOCKER,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=DOCKER,
     )
 
 

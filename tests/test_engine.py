@@ -29,6 +29,7 @@ def test_same_seed_same_result_and_resume_continues_exactly(small_download: Path
     dataset = load_dataset(small_download, 32)
     straight, history = _train(dataset, 2)
     again, history_again = _train(dataset, 2)
+
     def losses(rows):
         return [(row["train_loss"], row["val_loss"], row["val_fracture_f1"]) for row in rows]
 

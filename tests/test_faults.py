@@ -53,9 +53,32 @@ def cluster(monkeypatch):
 
 def _search(data: Path, storage: Path, name: str, address: str, log: Path, *extra: str) -> subprocess.Popen:
     command = [
-        sys.executable, "-m", "tuning.run", "--arch", "cnn", "--data-dir", str(data), "--image-size", "48", "--batch-size", "16",
-        "--storage-path", str(storage), "--name", name, "--num-samples", str(TRIALS), "--epochs", str(EPOCHS),
-        "--scheduler", "none", "--cpus-per-trial", "1", "--address", address, *extra,
+        sys.executable,
+        "-m",
+        "tuning.run",
+        "--arch",
+        "cnn",
+        "--data-dir",
+        str(data),
+        "--image-size",
+        "48",
+        "--batch-size",
+        "16",
+        "--storage-path",
+        str(storage),
+        "--name",
+        name,
+        "--num-samples",
+        str(TRIALS),
+        "--epochs",
+        str(EPOCHS),
+        "--scheduler",
+        "none",
+        "--cpus-per-trial",
+        "1",
+        "--address",
+        address,
+        *extra,
     ]
     return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -197,8 +220,9 @@ def test_a_trial_started_after_the_last_snapshot_is_failed_and_its_config_queued
 
     storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
 
-    first = make_searcher(search_space("cnn"), metric="val_fracture_f1", mode="max", study_name="s", storage=storage,
-                          seed=0, num_samples=4, max_epochs=2)
+    first = make_searcher(
+        search_space("cnn"), metric="val_fracture_f1", mode="max", study_name="s", storage=storage, seed=0, num_samples=4, max_epochs=2
+    )
     first.suggest("a")
     first.save(str(tmp_path / "searcher.pkl"))  # Tune's last snapshot
     lost_config = first.suggest("b")  # started, then the driver died
@@ -220,10 +244,18 @@ def s3_endpoint(tmp_path: Path, monkeypatch):
     from tests.conftest import free_port
 
     port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=(tmp_path / "s3.log").open("w"), stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=(tmp_path / "s3.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
     endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     client = boto3.client("s3")
     deadline = time.monotonic() + 30
@@ -241,9 +273,29 @@ def s3_endpoint(tmp_path: Path, monkeypatch):
 
 def test_s3_experiment_storage_holds_checkpoints_report_and_audit(s3_endpoint, tiny_download: Path, tmp_path: Path):
     command = [
-        sys.executable, "-m", "tuning.run", "--arch", "cnn", "--data-dir", str(tiny_download), "--image-size", "32", "--batch-size", "16",
-        "--storage-path", "s3://fracture/tune", "--name", "remote", "--num-samples", "2", "--epochs", "2", "--scheduler", "none",
-        "--optuna-storage", f"sqlite:///{tmp_path / 'optuna.db'}",
+        sys.executable,
+        "-m",
+        "tuning.run",
+        "--arch",
+        "cnn",
+        "--data-dir",
+        str(tiny_download),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--storage-path",
+        "s3://fracture/tune",
+        "--name",
+        "remote",
+        "--num-samples",
+        "2",
+        "--epochs",
+        "2",
+        "--scheduler",
+        "none",
+        "--optuna-storage",
+        f"sqlite:///{tmp_path / 'optuna.db'}",
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=400)  # its own local Ray, with the S3 variables
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

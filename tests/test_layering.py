@@ -26,7 +26,9 @@ def _imported_packages(package: str) -> dict[str, set[str]]:
     return found
 
 
-@pytest.mark.parametrize("package, forbidden", [("fracture_models", {"tuning", "mlflow_server", "ray", "mlflow", "optuna"}), ("tuning", {"mlflow_server"})])
+@pytest.mark.parametrize(
+    "package, forbidden", [("fracture_models", {"tuning", "mlflow_server", "ray", "mlflow", "optuna"}), ("tuning", {"mlflow_server"})]
+)
 def test_imports_run_one_way(package: str, forbidden: set[str]):
     offenders = {module: names & forbidden for module, names in _imported_packages(package).items() if names & forbidden}
     assert not offenders, offenders

@@ -22,11 +22,39 @@ def two_teams(ray_session, tiny_download: Path, tmp_path_factory) -> tuple[Mlflo
     best = {}
     for team, seed in (("alpha", "1"), ("beta", "2")):
         name = f"{team}-job"
-        assert search([
-            "--arch", "cnn", "--data-dir", str(tiny_download), "--image-size", "32", "--batch-size", "16", "--epochs", "2",
-            "--num-samples", "2", "--scheduler", "none", "--seed", seed, "--metric", "val_loss", "--team", team, "--name", name,
-            "--storage-path", str(root / "runs"), "--tracking-uri", server.url,
-        ]) == 0
+        assert (
+            search(
+                [
+                    "--arch",
+                    "cnn",
+                    "--data-dir",
+                    str(tiny_download),
+                    "--image-size",
+                    "32",
+                    "--batch-size",
+                    "16",
+                    "--epochs",
+                    "2",
+                    "--num-samples",
+                    "2",
+                    "--scheduler",
+                    "none",
+                    "--seed",
+                    seed,
+                    "--metric",
+                    "val_loss",
+                    "--team",
+                    team,
+                    "--name",
+                    name,
+                    "--storage-path",
+                    str(root / "runs"),
+                    "--tracking-uri",
+                    server.url,
+                ]
+            )
+            == 0
+        )
         best[name] = json.loads((root / "runs" / name / "summary.json").read_text())["best_trial"]["best_value"]
     yield server, best
     server.stop()
@@ -92,8 +120,18 @@ def test_leaderboard_page_in_chromium(two_teams, tmp_path: Path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.fail("Chromium is missing: apt-get install chromium (see README, Development)")
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-             "--no-first-run", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,900"]
+    flags = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1400,900",
+    ]
     url = f"{server.url}/leaderboard?metric=val_loss"
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
     expected = sorted(best, key=best.get)
@@ -111,8 +149,10 @@ def test_jobs_on_other_data_or_sizes_are_never_ranked_together():
     def job(name: str, value: float, fingerprint: str, size: str) -> Job:
         return Job("t", "u", "cnn", name, "val_fracture_f1", value, {}, 1, 0, 0.0, 0.0, "", "", fingerprint, size)
 
-    groups = rank([job("a", 0.9, "d1", "224"), job("b", 0.8, "d1", "224"), job("c", 0.99, "d2", "224"), job("d", 0.95, "d1", "128")],
-                  "val_fracture_f1")
+    groups = rank(
+        [job("a", 0.9, "d1", "224"), job("b", 0.8, "d1", "224"), job("c", 0.99, "d2", "224"), job("d", 0.95, "d1", "128")],
+        "val_fracture_f1",
+    )
     ranked = {(g.data_fingerprint, g.image_size): [(j.job, j.rank) for j in g.jobs] for g in groups}
     assert ranked == {("d1", "224"): [("a", 1), ("b", 2)], ("d2", "224"): [("c", 1)], ("d1", "128"): [("d", 1)]}
     loss = rank([job("x", 0.5, "d", "s"), job("y", 0.3, "d", "s")], "val_loss")

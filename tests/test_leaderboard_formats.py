@@ -10,16 +10,31 @@ from mlflow import MlflowClient
 from tuning.leaderboard import Group, Job, collect_jobs, render
 
 HOSTILE = {
-    "team": "=HYPERLINK(\"http://evil.example\",\"click\")",
+    "team": '=HYPERLINK("http://evil.example","click")',
     "user": "<script>alert(1)</script>",
     "job": "<img src=x onerror=alert(2)>|x",
 }
 
 
 def _groups() -> list[Group]:
-    job = Job(team=HOSTILE["team"], user=HOSTILE["user"], arch="cnn", job=HOSTILE["job"], metric="val_fracture_f1", value=0.9,
-              test={"test_accuracy": 0.8}, trials=2, stopped_early=0, trial_hours=0.1, gpu_hours=0.0, date="2026-11-28 10:00",
-              link="http://127.0.0.1:5000/#/experiments/1/runs/abc", data_fingerprint="f" * 20, image_size="32", rank=1)
+    job = Job(
+        team=HOSTILE["team"],
+        user=HOSTILE["user"],
+        arch="cnn",
+        job=HOSTILE["job"],
+        metric="val_fracture_f1",
+        value=0.9,
+        test={"test_accuracy": 0.8},
+        trials=2,
+        stopped_early=0,
+        trial_hours=0.1,
+        gpu_hours=0.0,
+        date="2026-11-28 10:00",
+        link="http://127.0.0.1:5000/#/experiments/1/runs/abc",
+        data_fingerprint="f" * 20,
+        image_size="32",
+        rank=1,
+    )
     return [Group(job.data_fingerprint, job.image_size, [job])]
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fracture_models.errors import UserError, WeightsUnavailableError
 from fracture_models.config import TrainConfig
+from fracture_models.errors import UserError, WeightsUnavailableError
 from fracture_models.models import StudyCNN, architecture, create_model, list_models, resolve_weights
 
 
@@ -27,7 +27,11 @@ def test_forward_and_backward_at_small_size(name: str):
 
 def test_each_architecture_starts_where_the_study_started():
     # The study fine-tuned ImageNet-pretrained ResNet50 and VGG16 and trained its CNN from scratch.
-    assert {name: architecture(name).default_weights for name in list_models()} == {"cnn": "none", "resnet50": "imagenet", "vgg16": "imagenet"}
+    assert {name: architecture(name).default_weights for name in list_models()} == {
+        "cnn": "none",
+        "resnet50": "imagenet",
+        "vgg16": "imagenet",
+    }
     assert resolve_weights("vgg16", None) == "imagenet" and resolve_weights("vgg16", "none") == "none"
     assert TrainConfig(arch="resnet50").weights == "imagenet" and TrainConfig(arch="cnn").weights == "none"
 

@@ -24,8 +24,23 @@ def test_generation_is_deterministic_by_seed(tmp_path: Path):
 
 def test_cli_writes_the_kaggle_layout_with_mixed_formats(tmp_path: Path):
     result = subprocess.run(
-        [sys.executable, "-m", "fracture_models.synthetic", str(tmp_path), "--train", "30", "--val", "4", "--test", "4", "--image-size", "40"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "fracture_models.synthetic",
+            str(tmp_path),
+            "--train",
+            "30",
+            "--val",
+            "4",
+            "--test",
+            "4",
+            "--image-size",
+            "40",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     inner = tmp_path / DATASET_FOLDER / DATASET_FOLDER
     assert str(inner) in result.stdout

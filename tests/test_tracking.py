@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
-from importlib.metadata import version
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
@@ -30,8 +30,21 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def _args(data: Path, storage: Path, name: str, *extra: str) -> list[str]:
     return [
-        "--arch", "cnn", "--data-dir", str(data), "--image-size", "32", "--batch-size", "16",
-        "--storage-path", str(storage), "--name", name, "--cpus-per-trial", "1", *extra,
+        "--arch",
+        "cnn",
+        "--data-dir",
+        str(data),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--storage-path",
+        str(storage),
+        "--name",
+        name,
+        "--cpus-per-trial",
+        "1",
+        *extra,
     ]
 
 
@@ -40,15 +53,34 @@ def _job_runs(client: MlflowClient, job: str, role: str = "trial") -> tuple[obje
     experiment = client.get_experiment_by_name("fracture-cnn")
     parents = client.search_runs([experiment.experiment_id], f"tags.job_name = '{job}' and tags.role = 'search'")
     assert len(parents) == 1
-    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}' and tags.role = '{role}'")
+    children = client.search_runs(
+        [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}' and tags.role = '{role}'"
+    )
     return parents[0], children
 
 
 def test_search_is_tracked_on_the_team_server(ray_session, tiny_download: Path, tmp_path: Path, tracking_server, postgres_database):
     # The team path end to end: MLflow on PostgreSQL behind the server, the Optuna study in PostgreSQL too.
     optuna_url = postgres_database("optuna")
-    args = _args(tiny_download, tmp_path, "tracked", "--num-samples", "4", "--epochs", "3", "--grace-period", "1",
-                 "--reduction-factor", "2", "--metric", "val_loss", "--tracking-uri", tracking_server.url, "--optuna-storage", optuna_url)
+    args = _args(
+        tiny_download,
+        tmp_path,
+        "tracked",
+        "--num-samples",
+        "4",
+        "--epochs",
+        "3",
+        "--grace-period",
+        "1",
+        "--reduction-factor",
+        "2",
+        "--metric",
+        "val_loss",
+        "--tracking-uri",
+        tracking_server.url,
+        "--optuna-storage",
+        optuna_url,
+    )
     assert main(args) == 0
     summary = json.loads((tmp_path / "tracked" / "summary.json").read_text())
     client = MlflowClient(tracking_server.url)
@@ -71,7 +103,9 @@ def test_search_is_tracked_on_the_team_server(ray_session, tiny_download: Path, 
     assert parent.data.metrics["test_fracture_sensitivity_ci_low"] == pytest.approx(sensitivity["ci95"][0])
     assert parent.data.metrics["test_ece_calibrated"] == pytest.approx(summary["clinical"]["calibration"]["after"]["ece"])
     assert tags["audit_cross_split_groups"] == str(summary["job"]["audit"]["cross_split_groups"]) and tags["audit_dedupe"] == "False"
-    assert {"audit/audit.json", "audit/duplicates.csv", "audit/attributes.csv"} <= {a.path for a in client.list_artifacts(parent.info.run_id, "audit")}
+    assert {"audit/audit.json", "audit/duplicates.csv", "audit/attributes.csv"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id, "audit")
+    }
 
     # One nested run per trial, each with its per-epoch history, state and confusion matrix.
     assert len(children) == 4
@@ -148,8 +182,9 @@ def test_tracking_outage_mid_job_loses_no_metric(ray_session, tiny_download: Pat
     server = MlflowServer(tmp_path / "store").start()
     _Outage.server = server
     try:
-        args = _args(tiny_download, tmp_path, "outage", "--num-samples", "4", "--epochs", "3", "--scheduler", "none",
-                     "--tracking-uri", server.url)
+        args = _args(
+            tiny_download, tmp_path, "outage", "--num-samples", "4", "--epochs", "3", "--scheduler", "none", "--tracking-uri", server.url
+        )
         assert run_search(get_args_parser().parse_args(args), callbacks=[_Outage()]) == 0
         assert server.healthy()
         client = MlflowClient(server.url)
@@ -179,7 +214,11 @@ def _get(url: str, headers: dict | None = None) -> int:
 def test_auth_server_refuses_anonymous_and_lets_the_admin_log(tmp_path: Path, monkeypatch):
     password = "s3cret-for-this-test"
     server = MlflowServer(
-        tmp_path / "store", "--auth", "--allowed-hosts", "mlflow.team.test,mlflow.team.test:*", env={"MLFLOW_AUTH_ADMIN_PASSWORD": password},
+        tmp_path / "store",
+        "--auth",
+        "--allowed-hosts",
+        "mlflow.team.test,mlflow.team.test:*",
+        env={"MLFLOW_AUTH_ADMIN_PASSWORD": password},
     ).start()
     try:
         search = f"{server.url}/api/2.0/mlflow/experiments/search?max_results=1"
@@ -224,7 +263,10 @@ def test_server_refuses_unsafe_starts(tmp_path: Path, flags, env, message):
     environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_AUTH_ADMIN_PASSWORD"} | env
     done = subprocess.run(
         [sys.executable, "-m", "mlflow_server", "--store", str(tmp_path), "--port", str(free_port()), *flags],
-        capture_output=True, text=True, timeout=60, env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment,
     )
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
@@ -234,10 +276,24 @@ def test_server_refuses_unsafe_starts(tmp_path: Path, flags, env, message):
 def _render(chromium: str, url: str, profile: Path) -> str:
     """The page's DOM after its scripts ran, from headless Chromium."""
     return subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--no-first-run", "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=30000",
-         "--window-size=1600,1000", "--dump-dom", url],
-        capture_output=True, text=True, timeout=180,
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=30000",
+            "--window-size=1600,1000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     ).stdout
 
 

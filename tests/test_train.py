@@ -20,10 +20,35 @@ CLEARLY_BETTER_THAN_CHANCE = 0.70
 
 def test_short_cpu_training_beats_chance_and_writes_every_output(learnable_download: Path, tmp_path: Path):
     out = tmp_path / "run"
-    code = main(["--arch", "cnn", "--data-dir", str(learnable_download), "--image-size", "64", "--epochs", "8", "--batch-size", "16", "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "--arch",
+            "cnn",
+            "--data-dir",
+            str(learnable_download),
+            "--image-size",
+            "64",
+            "--epochs",
+            "8",
+            "--batch-size",
+            "16",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
-    for name in ("metrics.json", "config.json", "checkpoint.pt", "confusion_matrix.png", "loss_curves.png", "excluded_files.csv",
-                 "test_roc_curve.png", "test_reliability.png", "test_gradcam.png"):
+    for name in (
+        "metrics.json",
+        "config.json",
+        "checkpoint.pt",
+        "confusion_matrix.png",
+        "loss_curves.png",
+        "excluded_files.csv",
+        "test_roc_curve.png",
+        "test_reliability.png",
+        "test_gradcam.png",
+    ):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["history"]) == 8
@@ -71,14 +96,36 @@ def test_user_errors_print_one_clear_message(small_download: Path, tmp_path: Pat
 def _offline(tmp_path: Path) -> dict:
     """An empty torch hub cache and a proxy nobody listens on: torchvision's real download path, offline."""
     proxy = "http://127.0.0.1:9"
-    return {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "HTTPS_PROXY": proxy, "https_proxy": proxy, "HTTP_PROXY": proxy, "http_proxy": proxy}
+    return {
+        **os.environ,
+        "TORCH_HOME": str(tmp_path / "torch"),
+        "HTTPS_PROXY": proxy,
+        "https_proxy": proxy,
+        "HTTP_PROXY": proxy,
+        "http_proxy": proxy,
+    }
 
 
 def test_vgg16_starts_from_imagenet_and_says_how_to_fix_missing_weights(tmp_path: Path):
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "fracture_models.train", "--quiet", "--arch", "vgg16", "--synthetic", "--epochs", "1", "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=300, env=_offline(tmp_path),
+        [
+            sys.executable,
+            "-m",
+            "fracture_models.train",
+            "--quiet",
+            "--arch",
+            "vgg16",
+            "--synthetic",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_offline(tmp_path),
     )
     assert time.monotonic() - started < 60
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -95,9 +142,30 @@ def test_vgg16_trains_from_a_torchvision_state_dict_file(small_download: Path, t
     path = tmp_path / "vgg16-397923af.pth"
     torch.save(vgg16().state_dict(), path)
     result = subprocess.run(
-        [sys.executable, "-m", "fracture_models.train", "--quiet", "--arch", "vgg16", "--weights", str(path), "--data-dir", str(small_download),
-         "--epochs", "1", "--image-size", "32", "--batch-size", "8", "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=600, env=_offline(tmp_path),
+        [
+            sys.executable,
+            "-m",
+            "fracture_models.train",
+            "--quiet",
+            "--arch",
+            "vgg16",
+            "--weights",
+            str(path),
+            "--data-dir",
+            str(small_download),
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_offline(tmp_path),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())

@@ -26,8 +26,21 @@ from tuning.trainable import CHECKPOINT_FILE, OPTIMIZER_FILE
 
 def _args(data: Path, storage: Path, name: str, *extra: str) -> list[str]:
     return [
-        "--arch", "cnn", "--data-dir", str(data), "--image-size", "32", "--batch-size", "16",
-        "--storage-path", str(storage), "--name", name, "--cpus-per-trial", "1", *extra,
+        "--arch",
+        "cnn",
+        "--data-dir",
+        str(data),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--storage-path",
+        str(storage),
+        "--name",
+        name,
+        "--cpus-per-trial",
+        "1",
+        *extra,
     ]
 
 
@@ -42,7 +55,23 @@ def _reported_keys(trial_dir: Path) -> set[str]:
 def test_search_runs_baseline_first_stops_early_and_tests_only_the_winner(ray_session, tiny_download: Path, tmp_path: Path):
     # Selection on fracture F1 (the default); ASHA's rungs compare val_loss, which is continuous,
     # so its cut-offs never tie on this tiny task.
-    code = main(_args(tiny_download, tmp_path, "search", "--num-samples", "5", "--epochs", "4", "--grace-period", "1", "--reduction-factor", "2", "--rung-metric", "val_loss"))
+    code = main(
+        _args(
+            tiny_download,
+            tmp_path,
+            "search",
+            "--num-samples",
+            "5",
+            "--epochs",
+            "4",
+            "--grace-period",
+            "1",
+            "--reduction-factor",
+            "2",
+            "--rung-metric",
+            "val_loss",
+        )
+    )
     assert code == 0
     summary = json.loads((tmp_path / "search" / "summary.json").read_text())
     assert summary["num_trials"] == 5
@@ -149,7 +178,9 @@ def test_unreachable_optuna_storage_fails_at_once_and_leaves_nothing(ray_session
     assert not (tmp_path / "no-optuna").exists()  # the same command works once the database is up
 
 
-@pytest.mark.parametrize("flag, value", [("--target-sensitivity", "1.5"), ("--target-sensitivity", "0"), ("--num-samples", "0"), ("--rung-epochs", "0")])
+@pytest.mark.parametrize(
+    "flag, value", [("--target-sensitivity", "1.5"), ("--target-sensitivity", "0"), ("--num-samples", "0"), ("--rung-epochs", "0")]
+)
 def test_bad_settings_fail_before_anything_starts(flag: str, value: str, tiny_download: Path, tmp_path: Path):
     with pytest.raises(UserError, match=flag):
         main(_args(tiny_download, tmp_path, "bad", "--num-samples", "2", "--epochs", "1", flag, value))
@@ -257,8 +288,26 @@ def test_sampler_seed_changes_the_configs_not_how_a_config_trains(ray_session, t
     reports, configs = {}, {}
     for sampler_seed in ("0", "1"):
         name = f"sampler-{sampler_seed}"
-        assert main(_args(tiny_download, tmp_path, name, "--num-samples", "2", "--epochs", "1", "--scheduler", "none",
-                          "--seed", "5", "--sampler-seed", sampler_seed)) == 0
+        assert (
+            main(
+                _args(
+                    tiny_download,
+                    tmp_path,
+                    name,
+                    "--num-samples",
+                    "2",
+                    "--epochs",
+                    "1",
+                    "--scheduler",
+                    "none",
+                    "--seed",
+                    "5",
+                    "--sampler-seed",
+                    sampler_seed,
+                )
+            )
+            == 0
+        )
         assert json.loads((tmp_path / name / "job.json").read_text())["sampler_seed"] == int(sampler_seed)
         trials = sorted(_study(tmp_path, name).trials, key=lambda t: t.number)
         assert trials[0].params == BASELINE_HYPERPARAMETERS
@@ -268,13 +317,32 @@ def test_sampler_seed_changes_the_configs_not_how_a_config_trains(ray_session, t
     assert configs["0"] != configs["1"]
 
 
-def test_confirmation_retrains_the_top_configurations_and_the_baseline_and_tests_the_best_mean(ray_session, tiny_download: Path, tmp_path: Path):
+def test_confirmation_retrains_the_top_configurations_and_the_baseline_and_tests_the_best_mean(
+    ray_session, tiny_download: Path, tmp_path: Path
+):
     from mlflow import MlflowClient
 
     from tuning.tracking import experiment_name, resolve_tracking_uri
 
-    code = main(_args(tiny_download, tmp_path, "confirmed", "--num-samples", "3", "--epochs", "2", "--scheduler", "none",
-                      "--confirm-top", "1", "--confirm-seeds", "1", "--confirm-budget", "1.0"))
+    code = main(
+        _args(
+            tiny_download,
+            tmp_path,
+            "confirmed",
+            "--num-samples",
+            "3",
+            "--epochs",
+            "2",
+            "--scheduler",
+            "none",
+            "--confirm-top",
+            "1",
+            "--confirm-seeds",
+            "1",
+            "--confirm-budget",
+            "1.0",
+        )
+    )
     assert code == 0
     summary = json.loads((tmp_path / "confirmed" / "summary.json").read_text())
     confirmation = summary["confirmation"]
@@ -298,12 +366,21 @@ def test_confirmation_retrains_the_top_configurations_and_the_baseline_and_tests
     client = MlflowClient(resolve_tracking_uri(None))
     experiment = client.get_experiment_by_name(experiment_name("cnn"))
     parent = client.search_runs([experiment.experiment_id], "tags.role = 'search' and tags.job_name = 'confirmed'")[0]
-    runs = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.role = 'confirmation'")
+    runs = client.search_runs(
+        [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.role = 'confirmation'"
+    )
     assert sorted(r.data.params["seed"] for r in runs) == ["1", "1"] and all(r.info.status == "FINISHED" for r in runs)
     assert {r.data.tags["confirms"] for r in runs} == set(configurations)
     assert parent.data.metrics["confirm_winner_mean"] == pytest.approx(means[confirmation["winner"]])
     assert parent.data.tags["confirm_winner"] == confirmation["winner"]
 
     # --confirm-top 0 turns the stage off.
-    assert main(_args(tiny_download, tmp_path, "unconfirmed", "--num-samples", "1", "--epochs", "1", "--scheduler", "none", "--confirm-top", "0")) == 0
+    assert (
+        main(
+            _args(
+                tiny_download, tmp_path, "unconfirmed", "--num-samples", "1", "--epochs", "1", "--scheduler", "none", "--confirm-top", "0"
+            )
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "unconfirmed" / "summary.json").read_text())["confirmation"] is None

@@ -120,33 +120,52 @@ def _runs_of(candidate: dict, confirmation_rows: Sequence[Mapping], seed: int) -
     row = candidate["row"]
     runs = []
     if row["status"] == "completed":
-        runs.append({"seed": seed, "trial_id": row["trial_id"], "value": row["best_value"], "predicts_one_class": bool(row["predicts_one_class"]), "search_run": True})
+        runs.append(
+            {
+                "seed": seed,
+                "trial_id": row["trial_id"],
+                "value": row["best_value"],
+                "predicts_one_class": bool(row["predicts_one_class"]),
+                "search_run": True,
+            }
+        )
     for extra in confirmation_rows:
         if extra.get(CONFIRMS) == row["trial_id"] and extra["status"] == "completed":
-            runs.append({"seed": int(extra["seed"]), "trial_id": extra["trial_id"], "value": extra["best_value"],
-                         "predicts_one_class": bool(extra["predicts_one_class"]), "search_run": False})
+            runs.append(
+                {
+                    "seed": int(extra["seed"]),
+                    "trial_id": extra["trial_id"],
+                    "value": extra["best_value"],
+                    "predicts_one_class": bool(extra["predicts_one_class"]),
+                    "search_run": False,
+                }
+            )
     return sorted(runs, key=lambda r: r["seed"])
 
 
-def summarise(picked: Sequence[dict], confirmation_rows: Sequence[Mapping], *, names: Sequence[str], seed: int, mode: str, metric: str) -> dict:
+def summarise(
+    picked: Sequence[dict], confirmation_rows: Sequence[Mapping], *, names: Sequence[str], seed: int, mode: str, metric: str
+) -> dict:
     """Each candidate's runs, mean and sd; the winner (best mean; one whose model ever answered a
     single class ranks last); its paired difference from the baseline and the verdict."""
     configurations = []
     for candidate in picked:
         runs = _runs_of(candidate, confirmation_rows, seed)
         values = [r["value"] for r in runs]
-        configurations.append({
-            "trial_id": candidate["row"]["trial_id"],
-            "is_baseline": candidate["is_baseline"],
-            "hyperparameters": {n: candidate["row"][n] for n in names},
-            "single_run_value": candidate["row"]["best_value"],
-            "runs": runs,
-            "n": len(runs),
-            "mean": statistics.fmean(values) if values else math.nan,
-            "sd": statistics.stdev(values) if len(values) > 1 else math.nan,
-            "any_one_class": any(r["predicts_one_class"] for r in runs),
-            "_order": candidate["rank"],  # equal means: the better single run first, as the search ranks
-        })
+        configurations.append(
+            {
+                "trial_id": candidate["row"]["trial_id"],
+                "is_baseline": candidate["is_baseline"],
+                "hyperparameters": {n: candidate["row"][n] for n in names},
+                "single_run_value": candidate["row"]["best_value"],
+                "runs": runs,
+                "n": len(runs),
+                "mean": statistics.fmean(values) if values else math.nan,
+                "sd": statistics.stdev(values) if len(values) > 1 else math.nan,
+                "any_one_class": any(r["predicts_one_class"] for r in runs),
+                "_order": candidate["rank"],  # equal means: the better single run first, as the search ranks
+            }
+        )
     sign = -1 if mode == "max" else 1
     ranked = sorted(configurations, key=lambda c: (not c["n"], c["any_one_class"], sign * c["mean"] if c["n"] else 0, c["_order"]))
     for c in ranked:
@@ -170,7 +189,9 @@ def summarise(picked: Sequence[dict], confirmation_rows: Sequence[Mapping], *, n
         "tested_run": tested,
         "baseline": base["trial_id"] if base else None,
         "difference_vs_baseline": difference,
-        "verdict": verdict(bool(winner and winner["is_baseline"]), difference, mode, metric) if winner else "No configuration completed a run.",
+        "verdict": verdict(bool(winner and winner["is_baseline"]), difference, mode, metric)
+        if winner
+        else "No configuration completed a run.",
     }
 
 
@@ -224,6 +245,8 @@ def format_confirmation(confirmation: Mapping) -> list[str]:
     for c in confirmation["configurations"]:
         notes = ["baseline"] * c["is_baseline"] + ["winner"] * (c["trial_id"] == confirmation["winner"])
         sd = f"{c['sd']:.4f}" if c["n"] > 1 else "-"
-        lines.append(f"  {c['trial_id'][-12:]:>12}  {c['n']:>4}  {c['mean']:>24.4f}  {sd:>7}  {c['single_run_value']:>10.4f}  {', '.join(notes)}")
+        lines.append(
+            f"  {c['trial_id'][-12:]:>12}  {c['n']:>4}  {c['mean']:>24.4f}  {sd:>7}  {c['single_run_value']:>10.4f}  {', '.join(notes)}"
+        )
     lines.append("  " + confirmation["verdict"])
     return lines

@@ -29,14 +29,28 @@ JOB_FILE = "job.json"
 # and a different value on the command line is refused. (Resources, such as --gpus-per-trial or
 # --address, may differ between a job and its resume.)
 RECORDED_FLAGS = {
-    "arch": "arch", "num_samples": "num_samples", "epochs": "epochs", "image_size": "image_size", "batch_size": "batch_size",
-    "weights": "weights", "seed": "seed", "metric": "metric", "team": "team", "sampler": "sampler", "sampler_seed": "sampler_seed",
+    "arch": "arch",
+    "num_samples": "num_samples",
+    "epochs": "epochs",
+    "image_size": "image_size",
+    "batch_size": "batch_size",
+    "weights": "weights",
+    "seed": "seed",
+    "metric": "metric",
+    "team": "team",
+    "sampler": "sampler",
+    "sampler_seed": "sampler_seed",
     "target_sensitivity": "target_sensitivity",
 }
 NESTED_FLAGS = {  # flag -> (record section, key)
-    "scheduler": ("scheduler", "name"), "grace_period": ("scheduler", "grace_period"), "reduction_factor": ("scheduler", "reduction_factor"),
-    "rung_metric": ("scheduler", "rung_metric"), "rung_epochs": ("scheduler", "rung_epochs"),
-    "confirm_top": ("confirmation", "top"), "confirm_seeds": ("confirmation", "extra_seeds"), "confirm_budget": ("confirmation", "budget"),
+    "scheduler": ("scheduler", "name"),
+    "grace_period": ("scheduler", "grace_period"),
+    "reduction_factor": ("scheduler", "reduction_factor"),
+    "rung_metric": ("scheduler", "rung_metric"),
+    "rung_epochs": ("scheduler", "rung_epochs"),
+    "confirm_top": ("confirmation", "top"),
+    "confirm_seeds": ("confirmation", "extra_seeds"),
+    "confirm_budget": ("confirmation", "budget"),
     "dedupe": ("audit", "dedupe"),
 }
 
@@ -102,7 +116,14 @@ class JobSpec:
     @property
     def base_config(self) -> dict:
         """What every trial shares: the fields of `TrainConfig` that are not searched."""
-        return {"arch": self.arch, "epochs": self.epochs, "image_size": self.image_size, "batch_size": self.batch_size, "weights": self.weights, "seed": self.seed}
+        return {
+            "arch": self.arch,
+            "epochs": self.epochs,
+            "image_size": self.image_size,
+            "batch_size": self.batch_size,
+            "weights": self.weights,
+            "seed": self.seed,
+        }
 
     # -- MLflow -------------------------------------------------------------------------------
     def to_mlflow_tags(self) -> dict[str, str]:
@@ -132,12 +153,17 @@ class JobSpec:
         }
 
     def to_mlflow_params(self) -> dict:
-        params = {k: getattr(self, k) for k in ("arch", "num_samples", "epochs", "image_size", "batch_size", "weights", "seed", "metric", "sampler")}
+        params = {
+            k: getattr(self, k)
+            for k in ("arch", "num_samples", "epochs", "image_size", "batch_size", "weights", "seed", "metric", "sampler")
+        }
         params.update({f"scheduler_{k}": v for k, v in self.scheduler.items()})
         return params
 
 
-def from_args(args: argparse.Namespace, *, name: str, data_root: Path, data_fingerprint: str, generated_data: bool, audit: Mapping) -> JobSpec:
+def from_args(
+    args: argparse.Namespace, *, name: str, data_root: Path, data_fingerprint: str, generated_data: bool, audit: Mapping
+) -> JobSpec:
     """A new job's spec from the command line, once its data is known."""
     from tuning.schedulers import default_rung_metric, rung_epochs
     from tuning.search_space import describe, search_space
@@ -162,8 +188,11 @@ def from_args(args: argparse.Namespace, *, name: str, data_root: Path, data_fing
         sampler=args.sampler,
         sampler_seed=args.seed if args.sampler_seed is None else args.sampler_seed,
         scheduler={
-            "name": args.scheduler, "grace_period": args.grace_period, "reduction_factor": args.reduction_factor,
-            "rung_metric": args.rung_metric or default_rung_metric(args.metric), "rung_epochs": rung_epochs(args.epochs, args.grace_period, args.rung_epochs),
+            "name": args.scheduler,
+            "grace_period": args.grace_period,
+            "reduction_factor": args.reduction_factor,
+            "rung_metric": args.rung_metric or default_rung_metric(args.metric),
+            "rung_epochs": rung_epochs(args.epochs, args.grace_period, args.rung_epochs),
         },
         search_space=describe(search_space(args.arch)),
         baseline=dict(BASELINE_HYPERPARAMETERS),
@@ -224,14 +253,19 @@ def apply_record(args: argparse.Namespace, record: Mapping, given: set[str]) -> 
             mine = getattr(args, flag)
             if flag == "rung_epochs" and mine is not None:
                 mine = sorted({e for e in mine if e < record["epochs"]})
-            if recorded is not None and mine != recorded and not (isinstance(mine, float) and isinstance(recorded, (int, float)) and float(recorded) == mine):
+            if (
+                recorded is not None
+                and mine != recorded
+                and not (isinstance(mine, float) and isinstance(recorded, (int, float)) and float(recorded) == mine)
+            ):
                 conflicts.append(f"--{flag.replace('_', '-')} {mine} (the job has {recorded})")
         elif recorded is not None:
             setattr(resolved, flag, recorded)
     if conflicts:
         raise UserError(
             f"--resume of {record['name']} continues the job as it was started; these flags contradict its job.json: "
-            + "; ".join(conflicts) + ". Drop them, or start a new job with another --name."
+            + "; ".join(conflicts)
+            + ". Drop them, or start a new job with another --name."
         )
     if "data_dir" not in given and "synthetic" not in given:
         resolved.data_dir = Path(record["data_root"])

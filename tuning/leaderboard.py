@@ -26,8 +26,16 @@ from fracture_models.errors import UserError
 from fracture_models.metrics import CATALOGUE, DEFAULT_SELECTION_METRIC, metric_mode
 from fracture_models.study import STUDY_TEST_RESULTS
 from tuning.tracking.names import (
-    EXPERIMENT_PREFIX, GENERATED_DATA_TAG, GPU_HOURS_METRIC, ROLE_TAG, SEARCH_ROLE, STOPPED_EARLY_METRIC, TRIAL_HOURS_METRIC, TRIALS_METRIC,
-    best_metric_name, confirm_metric_name,
+    EXPERIMENT_PREFIX,
+    GENERATED_DATA_TAG,
+    GPU_HOURS_METRIC,
+    ROLE_TAG,
+    SEARCH_ROLE,
+    STOPPED_EARLY_METRIC,
+    TRIAL_HOURS_METRIC,
+    TRIALS_METRIC,
+    best_metric_name,
+    confirm_metric_name,
 )
 
 TEST_COLUMNS = ("test_accuracy", "test_fracture_sensitivity", "test_fracture_specificity", "test_fracture_f1")
@@ -88,16 +96,27 @@ def collect_jobs(client, tracking_uri: str, metric: str, *, arch: str | None = N
         if team and tags.get("team") != team:
             continue
         value = metrics.get(metric if metric.startswith("test_") else best_metric_name(metric))
-        jobs.append(Job(
-            team=tags.get("team", "?"), user=tags.get("user", "?"), arch=tags.get("arch", "?"), job=run.info.run_name,
-            metric=tags.get("metric", "?"), value=value, test={k: metrics[k] for k in TEST_COLUMNS if k in metrics},
-            trials=int(metrics.get(TRIALS_METRIC, 0)), stopped_early=int(metrics.get(STOPPED_EARLY_METRIC, 0)),
-            trial_hours=float(metrics.get(TRIAL_HOURS_METRIC, 0.0)), gpu_hours=float(metrics.get(GPU_HOURS_METRIC, 0.0)),
-            date=datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M"),
-            link=f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" if base else run.info.run_id,
-            data_fingerprint=tags.get("data_fingerprint", "?"), image_size=tags.get("image_size", "?"),
-            confirmed=_confirmed(metrics) if not metric.startswith("test_") else "-", generated_data=tags.get(GENERATED_DATA_TAG) == "true",
-        ))
+        jobs.append(
+            Job(
+                team=tags.get("team", "?"),
+                user=tags.get("user", "?"),
+                arch=tags.get("arch", "?"),
+                job=run.info.run_name,
+                metric=tags.get("metric", "?"),
+                value=value,
+                test={k: metrics[k] for k in TEST_COLUMNS if k in metrics},
+                trials=int(metrics.get(TRIALS_METRIC, 0)),
+                stopped_early=int(metrics.get(STOPPED_EARLY_METRIC, 0)),
+                trial_hours=float(metrics.get(TRIAL_HOURS_METRIC, 0.0)),
+                gpu_hours=float(metrics.get(GPU_HOURS_METRIC, 0.0)),
+                date=datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M"),
+                link=f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" if base else run.info.run_id,
+                data_fingerprint=tags.get("data_fingerprint", "?"),
+                image_size=tags.get("image_size", "?"),
+                confirmed=_confirmed(metrics) if not metric.startswith("test_") else "-",
+                generated_data=tags.get(GENERATED_DATA_TAG) == "true",
+            )
+        )
     return jobs
 
 
@@ -154,22 +173,60 @@ def study_rows(arch: str | None) -> list[dict]:
     for name, reported in STUDY_TEST_RESULTS.items():
         if arch and name != arch:
             continue
-        rows.append({
-            "arch": name, "test_accuracy": reported["accuracy"], "test_fracture_sensitivity": reported["fracture_sensitivity"],
-            "test_fracture_specificity": reported["fracture_specificity"], "test_fracture_f1": reported["fracture_f1"],
-            "reported_precision": reported["reported_precision"], "reported_recall": reported["reported_recall"],
-            "reported_f1": reported["reported_f1"],
-        })
+        rows.append(
+            {
+                "arch": name,
+                "test_accuracy": reported["accuracy"],
+                "test_fracture_sensitivity": reported["fracture_sensitivity"],
+                "test_fracture_specificity": reported["fracture_specificity"],
+                "test_fracture_f1": reported["fracture_f1"],
+                "reported_precision": reported["reported_precision"],
+                "reported_recall": reported["reported_recall"],
+                "reported_f1": reported["reported_f1"],
+            }
+        )
     return rows
 
 
-HEADERS = ("rank", "team", "user", "arch", "job", "best", "confirmed", "test acc", "sens", "spec", "F1", "trials", "stopped", "trial-h", "GPU-h", "date", "link")
+HEADERS = (
+    "rank",
+    "team",
+    "user",
+    "arch",
+    "job",
+    "best",
+    "confirmed",
+    "test acc",
+    "sens",
+    "spec",
+    "F1",
+    "trials",
+    "stopped",
+    "trial-h",
+    "GPU-h",
+    "date",
+    "link",
+)
 
 
 def _cells(job: Job) -> list[str]:
     test = [f"{job.test[k]:.4f}" if k in job.test else "-" for k in TEST_COLUMNS]
-    return [str(job.rank), job.team, job.user, job.arch, job.job, f"{job.value:.4f}", job.confirmed, *test, str(job.trials), str(job.stopped_early),
-            f"{job.trial_hours:.2f}", f"{job.gpu_hours:.2f}", job.date, job.link]
+    return [
+        str(job.rank),
+        job.team,
+        job.user,
+        job.arch,
+        job.job,
+        f"{job.value:.4f}",
+        job.confirmed,
+        *test,
+        str(job.trials),
+        str(job.stopped_early),
+        f"{job.trial_hours:.2f}",
+        f"{job.gpu_hours:.2f}",
+        job.date,
+        job.link,
+    ]
 
 
 def _study_cells(row: dict) -> list[str]:
@@ -210,7 +267,9 @@ def render(groups: list[Group], study: list[dict], metric: str, fmt: str, empty_
         writer.writerow(["group_data_fingerprint", "group_image_size", "group_generated_data", *HEADERS])
         for group in groups:
             for job in group.jobs:
-                writer.writerow([_csv_cell(c) for c in (group.data_fingerprint, group.image_size, str(group.generated_data).lower(), *_cells(job))])
+                writer.writerow(
+                    [_csv_cell(c) for c in (group.data_fingerprint, group.image_size, str(group.generated_data).lower(), *_cells(job))]
+                )
         for row in study:
             writer.writerow(["", "", "", *(_csv_cell(c) for c in _study_cells(row))])
         return out.getvalue()
@@ -222,7 +281,11 @@ def render(groups: list[Group], study: list[dict], metric: str, fmt: str, empty_
     for group in groups:
         rows = [_cells(job) for job in group.jobs]
         blocks.append(_text_table(_caption(group, metric), rows, markdown=fmt == "markdown"))
-    blocks.append(_text_table("The study's reported test results (reference, not ranked)", [_study_cells(r) for r in study], markdown=fmt == "markdown"))
+    blocks.append(
+        _text_table(
+            "The study's reported test results (reference, not ranked)", [_study_cells(r) for r in study], markdown=fmt == "markdown"
+        )
+    )
     return "\n\n".join(blocks) + "\n"
 
 
@@ -237,16 +300,22 @@ def _text_table(caption: str, rows: list[list[str]], *, markdown: bool) -> str:
     return "\n".join(lines)
 
 
-def render_html(groups: list[Group], study: list[dict], metric: str, empty_hint: str, *, form: dict | None = None, plot: str | None = None) -> str:
+def render_html(
+    groups: list[Group], study: list[dict], metric: str, empty_hint: str, *, form: dict | None = None, plot: str | None = None
+) -> str:
     """A self-contained page (no scripts, no external assets) from `templates/leaderboard.html`,
     every value escaped by Jinja2; `form` adds the filter form, `plot` a base64 PNG."""
-    return _templates().get_template("leaderboard.html").render(
-        headers=HEADERS,
-        groups=[{"caption": _caption(g, metric), "generated": g.generated_data, "rows": [_cells(j) for j in g.jobs]} for g in groups],
-        study=[_study_cells(r) for r in study],
-        empty_hint=empty_hint,
-        form=form,
-        plot=plot,
+    return (
+        _templates()
+        .get_template("leaderboard.html")
+        .render(
+            headers=HEADERS,
+            groups=[{"caption": _caption(g, metric), "generated": g.generated_data, "rows": [_cells(j) for j in g.jobs]} for g in groups],
+            study=[_study_cells(r) for r in study],
+            empty_hint=empty_hint,
+            form=form,
+            plot=plot,
+        )
     )
 
 
@@ -263,7 +332,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--team", default=None, help="only this team")
     parser.add_argument("--by", choices=["team", "user", "arch"], default=None, help="keep the best job per team, user or architecture")
     parser.add_argument(
-        "--metric", default=DEFAULT_SELECTION_METRIC,
+        "--metric",
+        default=DEFAULT_SELECTION_METRIC,
         help="rank on this validation metric (default: %(default)s); test_* ranks on test; any of "
         + ", ".join(f"val_{name}" for name in CATALOGUE),
     )
@@ -288,8 +358,12 @@ def build(tracking_uri: str, metric: str, *, arch=None, team=None, by=None, top=
     from mlflow import MlflowClient
 
     jobs = collect_jobs(MlflowClient(tracking_uri), tracking_uri, metric, arch=arch, team=team)
-    hint = "No finished searches yet" + (f" for arch {arch}" if arch else "") + (f" of team {team}" if team else "") + \
-        ". Run one with: python -m tuning.run --synthetic --arch cnn --num-samples 8"
+    hint = (
+        "No finished searches yet"
+        + (f" for arch {arch}" if arch else "")
+        + (f" of team {team}" if team else "")
+        + ". Run one with: python -m tuning.run --synthetic --arch cnn --num-samples 8"
+    )
     return render(rank(jobs, metric, by=by, top=top), study_rows(arch), metric, fmt, hint)
 
 

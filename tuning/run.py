@@ -50,51 +50,92 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     search = parser.add_argument_group("search")
     search.add_argument("--num-samples", type=int, default=20, help="trials in all, the baseline included (default: %(default)s)")
-    search.add_argument("--metric", default=DEFAULT_SELECTION_METRIC, choices=sorted(METRICS), help="validation metric to optimise (default: %(default)s)")
-    search.add_argument("--sampler", default="tpe", choices=["tpe", "random"], help="Optuna sampler after the baseline trial (default: %(default)s)")
     search.add_argument(
-        "--sampler-seed", type=int, default=None,
+        "--metric", default=DEFAULT_SELECTION_METRIC, choices=sorted(METRICS), help="validation metric to optimise (default: %(default)s)"
+    )
+    search.add_argument(
+        "--sampler", default="tpe", choices=["tpe", "random"], help="Optuna sampler after the baseline trial (default: %(default)s)"
+    )
+    search.add_argument(
+        "--sampler-seed",
+        type=int,
+        default=None,
         help="seed of the sampler's draws (default: --seed, which also seeds training); two searches with one --seed and "
         "different --sampler-seed train a config identically and differ only in the configs they choose",
     )
     search.add_argument("--scheduler", default="asha", choices=["asha", "none"], help="early stopping (default: %(default)s)")
-    search.add_argument("--grace-period", type=int, default=3, help="ASHA: epochs every trial gets before it can be stopped (default: %(default)s)")
     search.add_argument(
-        "--rung-epochs", type=int, nargs="+", default=None, metavar="EPOCH",
+        "--grace-period", type=int, default=3, help="ASHA: epochs every trial gets before it can be stopped (default: %(default)s)"
+    )
+    search.add_argument(
+        "--rung-epochs",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="EPOCH",
         help="ASHA: epochs at which trials are compared, keeping the top 1/reduction-factor (default: the grace period, doubled until --epochs: 3 6 for 10)",
     )
-    search.add_argument("--rung-metric", default=None, choices=sorted(METRICS), help="ASHA: validation signal its rungs compare (default: val_roc_auc for thresholded metrics, else --metric)")
-    search.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA: keep the top 1/factor at each rung (default: %(default)s)")
-    search.add_argument("--optuna-storage", default=None, help="Optuna storage URL (default: sqlite file optuna.db in the experiment folder)")
+    search.add_argument(
+        "--rung-metric",
+        default=None,
+        choices=sorted(METRICS),
+        help="ASHA: validation signal its rungs compare (default: val_roc_auc for thresholded metrics, else --metric)",
+    )
+    search.add_argument(
+        "--reduction-factor", type=float, default=3.0, help="ASHA: keep the top 1/factor at each rung (default: %(default)s)"
+    )
+    search.add_argument(
+        "--optuna-storage", default=None, help="Optuna storage URL (default: sqlite file optuna.db in the experiment folder)"
+    )
     cluster = parser.add_argument_group("resources")
-    cluster.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial, fractions allowed (default: 1 where GPUs exist, else 0)")
+    cluster.add_argument(
+        "--gpus-per-trial", type=float, default=None, help="GPUs per trial, fractions allowed (default: 1 where GPUs exist, else 0)"
+    )
     cluster.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default: %(default)s)")
     cluster.add_argument("--max-concurrent", type=int, default=0, help="most trials at once; 0 = as many as fit (default: %(default)s)")
-    cluster.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial from its last checkpoint (default: %(default)s)")
+    cluster.add_argument(
+        "--max-failures", type=int, default=2, help="retries of a failing trial from its last checkpoint (default: %(default)s)"
+    )
     cluster.add_argument("--address", default=None, help="address of a running Ray cluster (default: start a local one)")
     job = parser.add_argument_group("job")
     job.add_argument("--storage-path", default="./runs/tune", help="experiment folder root, local or s3:// (default: %(default)s)")
     job.add_argument("--name", default=None, help="experiment name (default: <arch>-<time>); reuse it with --resume")
     job.add_argument("--resume", action="store_true", help="continue the experiment --name to --num-samples trials in all")
-    job.add_argument("--team", default=os.environ.get("FRACTURE_TEAM", "default"), help="team name recorded with the job (default: $FRACTURE_TEAM or %(default)s)")
     job.add_argument(
-        "--dedupe", action="store_true",
+        "--team",
+        default=os.environ.get("FRACTURE_TEAM", "default"),
+        help="team name recorded with the job (default: $FRACTURE_TEAM or %(default)s)",
+    )
+    job.add_argument(
+        "--dedupe",
+        action="store_true",
         help="drop training (and validation) images that duplicate one in a later split, as the data audit finds them",
     )
     job.add_argument(
-        "--target-sensitivity", type=float, default=DEFAULT_TARGET_SENSITIVITY,
+        "--target-sensitivity",
+        type=float,
+        default=DEFAULT_TARGET_SENSITIVITY,
         help="the winner's operating threshold is chosen on validation to reach this fracture sensitivity (default: %(default)s)",
     )
     job.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)")
     confirm = parser.add_argument_group("confirmation (selection above the seed-to-seed noise)")
     confirm.add_argument(
-        "--confirm-top", type=int, default=DEFAULT_TOP,
+        "--confirm-top",
+        type=int,
+        default=DEFAULT_TOP,
         help="after the search, retrain this many of its best configurations and the baseline with more training seeds, "
         "and choose the winner by the mean over seeds; 0 turns confirmation off (default: %(default)s)",
     )
-    confirm.add_argument("--confirm-seeds", type=int, default=DEFAULT_EXTRA_SEEDS, help="extra training seeds per confirmed configuration (default: %(default)s)")
     confirm.add_argument(
-        "--confirm-budget", type=float, default=DEFAULT_BUDGET,
+        "--confirm-seeds",
+        type=int,
+        default=DEFAULT_EXTRA_SEEDS,
+        help="extra training seeds per confirmed configuration (default: %(default)s)",
+    )
+    confirm.add_argument(
+        "--confirm-budget",
+        type=float,
+        default=DEFAULT_BUDGET,
         help="most epochs confirmation may train, as a fraction of the epochs the search trained (default: %(default)s)",
     )
     return parser
@@ -130,7 +171,9 @@ def _init_ray(address: str | None) -> None:
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     except ConnectionError as exc:
-        raise UserError(f"Could not connect to the Ray cluster at {address}: {exc}. Start it with `ray start --head` or drop --address.") from exc
+        raise UserError(
+            f"Could not connect to the Ray cluster at {address}: {exc}. Start it with `ray start --head` or drop --address."
+        ) from exc
 
 
 def given_flags(argv: list[str] | None) -> set[str]:
@@ -153,7 +196,8 @@ def _apply_audit(audit: dict, dataset: FractureDataset, dedupe: bool) -> list[di
         logger.warning(
             "Data audit: duplicate images across splits (%d group%s), so the test score can be inflated by leakage; "
             "see audit/duplicates.csv, or drop the training copies with --dedupe.",
-            audit["cross_split_groups"], "" if audit["cross_split_groups"] == 1 else "s",
+            audit["cross_split_groups"],
+            "" if audit["cross_split_groups"] == 1 else "s",
         )
     if not dedupe:
         return []
@@ -254,26 +298,46 @@ def load(args: argparse.Namespace, record: dict | None) -> tuple[FractureDataset
     """The audit (warnings, --dedupe) and the decoded train and validation splits."""
     dedupe = args.dedupe or bool((record or {}).get("audit", {}).get("dedupe"))
     audit = audit_dataset(args.data_root, cache_dir=args.cache_dir, progress=True)
-    dataset = load_dataset(args.data_root, args.image_size, splits=("train", "val"), cache_dir=args.cache_dir, max_bad_fraction=args.max_bad_fraction, progress=True)
+    dataset = load_dataset(
+        args.data_root,
+        args.image_size,
+        splits=("train", "val"),
+        cache_dir=args.cache_dir,
+        max_bad_fraction=args.max_bad_fraction,
+        progress=True,
+    )
     dropped = _apply_audit(audit, dataset, dedupe)
     summary = {
-        "cross_split_groups": audit["cross_split_groups"], "flagged_shortcuts": audit["flagged_shortcuts"],
-        "bad_files": len(audit["bad_files"]), "dedupe": dedupe, "dropped": len(dropped),
+        "cross_split_groups": audit["cross_split_groups"],
+        "flagged_shortcuts": audit["flagged_shortcuts"],
+        "bad_files": len(audit["bad_files"]),
+        "dedupe": dedupe,
+        "dropped": len(dropped),
     }
     return dataset, {**audit, "job_summary": summary}, dropped
 
 
-def open_job(args, experiment: str, record: dict | None, resources: Resources, dataset: FractureDataset, audit: dict, dropped: list[dict]) -> Job:
+def open_job(
+    args, experiment: str, record: dict | None, resources: Resources, dataset: FractureDataset, audit: dict, dropped: list[dict]
+) -> Job:
     """The job's spec (new, or its record checked against the data), Optuna storage, MLflow runs and job.json."""
     from tuning.searcher import open_storage
     from tuning.tracking import SearchTracker
 
-    spec = from_args(args, name=args.name, data_root=args.data_root, data_fingerprint=dataset.fingerprint,
-                     generated_data=is_generated(args.data_root), audit=audit["job_summary"])
+    spec = from_args(
+        args,
+        name=args.name,
+        data_root=args.data_root,
+        data_fingerprint=dataset.fingerprint,
+        generated_data=is_generated(args.data_root),
+        audit=audit["job_summary"],
+    )
     if record is not None:
         for key in ("arch", "data_fingerprint", "image_size", "epochs", "metric"):
             if record.get(key) != getattr(spec, key):
-                raise UserError(f"--resume of {spec.name}: {key} was {record.get(key)!r}, now {getattr(spec, key)!r}. Resume with the same data and settings.")
+                raise UserError(
+                    f"--resume of {spec.name}: {key} was {record.get(key)!r}, now {getattr(spec, key)!r}. Resume with the same data and settings."
+                )
         spec = JobSpec.from_json({"generated_data": spec.generated_data, "target_sensitivity": args.target_sensitivity, **record})
     local = "://" not in experiment
     optuna_url = args.optuna_storage or (f"sqlite:///{experiment}/optuna.db" if local else None)
@@ -301,7 +365,19 @@ def open_job(args, experiment: str, record: dict | None, resources: Resources, d
     if dropped:
         write_dropped(dropped, audit_dir)
     tracker.submit("artifact", trial_id=None, path=str(audit_dir), artifact_path=AUDIT_DIR)
-    return Job(spec, experiment, args.storage_path, resources, dataset, storage, optuna_url, tracker, audit_dir, args.cache_dir, args.max_bad_fraction)
+    return Job(
+        spec,
+        experiment,
+        args.storage_path,
+        resources,
+        dataset,
+        storage,
+        optuna_url,
+        tracker,
+        audit_dir,
+        args.cache_dir,
+        args.max_bad_fraction,
+    )
 
 
 def make_trainable(job: Job):
@@ -313,8 +389,13 @@ def make_trainable(job: Job):
     spec = job.spec
     return tune.with_resources(
         tune.with_parameters(
-            train_fracture_model, base_config=spec.base_config, metric=spec.metric, mode=spec.mode,
-            train_split=job.dataset.train, val_split=job.dataset.val, architecture=architecture(spec.arch),
+            train_fracture_model,
+            base_config=spec.base_config,
+            metric=spec.metric,
+            mode=spec.mode,
+            train_split=job.dataset.train,
+            val_split=job.dataset.val,
+            architecture=architecture(spec.arch),
         ),
         {"cpu": job.resources.cpus_per_trial, "gpu": job.resources.gpus_per_trial},
     )
@@ -329,7 +410,9 @@ def _run_config(job: Job, name: str, storage_path: str, callbacks: list):
     return tune.RunConfig(
         name=name,
         storage_path=storage_path,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=CHECKPOINT_SCORE, checkpoint_score_order=job.spec.mode),
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=1, checkpoint_score_attribute=CHECKPOINT_SCORE, checkpoint_score_order=job.spec.mode
+        ),
         failure_config=tune.FailureConfig(max_failures=job.resources.max_failures),
         progress_reporter=search_progress(job.spec.metric),
         callbacks=callbacks,
@@ -357,23 +440,45 @@ def search(job: Job, trainable, *, resume: bool, callbacks: list | None = None):
         tuner = tune.Tuner.restore(job.experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         searcher = make_searcher(
-            search_space(spec.arch), metric=spec.metric, mode=spec.mode, study_name=spec.name, storage=job.storage,
-            seed=spec.sampler_seed, num_samples=spec.num_samples, max_epochs=spec.epochs, sampler=spec.sampler,
+            search_space(spec.arch),
+            metric=spec.metric,
+            mode=spec.mode,
+            study_name=spec.name,
+            storage=job.storage,
+            seed=spec.sampler_seed,
+            num_samples=spec.num_samples,
+            max_epochs=spec.epochs,
+            sampler=spec.sampler,
         )
         rungs = spec.scheduler
         scheduler = make_scheduler(
-            rungs["name"], metric=spec.metric, rung_metric=rungs["rung_metric"], rung_mode=metric_mode(rungs["rung_metric"]),
-            max_epochs=spec.epochs, rung_epochs=rungs["rung_epochs"], reduction_factor=rungs["reduction_factor"],
+            rungs["name"],
+            metric=spec.metric,
+            rung_metric=rungs["rung_metric"],
+            rung_mode=metric_mode(rungs["rung_metric"]),
+            max_epochs=spec.epochs,
+            rung_epochs=rungs["rung_epochs"],
+            reduction_factor=rungs["reduction_factor"],
         )
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
-                max_concurrent_trials=job.resources.max_concurrent or None, reuse_actors=True,
-                trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                metric=spec.metric,
+                mode=spec.mode,
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=spec.num_samples,
+                max_concurrent_trials=job.resources.max_concurrent or None,
+                reuse_actors=True,
+                trial_name_creator=trial_name,
+                trial_dirname_creator=trial_name,
             ),
-            run_config=_run_config(job, spec.name, job.experiment.rsplit("/", 1)[0],
-                                   [MlflowLoggingCallback(job.tracker, baseline_point().keys()), DropOptimizerState(), *(callbacks or [])]),
+            run_config=_run_config(
+                job,
+                spec.name,
+                job.experiment.rsplit("/", 1)[0],
+                [MlflowLoggingCallback(job.tracker, baseline_point().keys()), DropOptimizerState(), *(callbacks or [])],
+            ),
         )
     results = tuner.fit()
     job.tracker.reload_outbox()  # a restored experiment logged through its own (unpickled) tracker
@@ -410,11 +515,21 @@ def _fit_confirmation(job: Job, trainable, runs: list):
             trainable,
             param_space={key: None for key in keys},  # every value comes from the planned points
             tune_config=tune.TuneConfig(
-                metric=job.spec.metric, mode=job.spec.mode, search_alg=BasicVariantGenerator(points_to_evaluate=[run.config() for run in runs]),
-                num_samples=len(runs), max_concurrent_trials=job.resources.max_concurrent or None, reuse_actors=True,
-                trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                metric=job.spec.metric,
+                mode=job.spec.mode,
+                search_alg=BasicVariantGenerator(points_to_evaluate=[run.config() for run in runs]),
+                num_samples=len(runs),
+                max_concurrent_trials=job.resources.max_concurrent or None,
+                reuse_actors=True,
+                trial_name_creator=trial_name,
+                trial_dirname_creator=trial_name,
             ),
-            run_config=_run_config(job, CONFIRMATION_DIR, job.experiment, [MlflowLoggingCallback(job.tracker, keys, role=CONFIRMATION_ROLE), DropOptimizerState()]),
+            run_config=_run_config(
+                job,
+                CONFIRMATION_DIR,
+                job.experiment,
+                [MlflowLoggingCallback(job.tracker, keys, role=CONFIRMATION_ROLE), DropOptimizerState()],
+            ),
         )
     results = tuner.fit()
     job.tracker.reload_outbox()
@@ -443,14 +558,33 @@ def confirm(job: Job, trainable, rows: list[dict]) -> tuple[dict | None, dict]:
         return ranked
 
     confirmation = run_confirmation(
-        rows, names=list(baseline_point()), baseline=baseline_point(), seed=spec.seed, mode=spec.mode, metric=spec.metric,
-        epochs=spec.epochs, epochs_trained=sum(r["epochs"] for r in rows), top=settings["top"],
-        extra_seeds=settings["extra_seeds"], budget=settings["budget"], train=train,
+        rows,
+        names=list(baseline_point()),
+        baseline=baseline_point(),
+        seed=spec.seed,
+        mode=spec.mode,
+        metric=spec.metric,
+        epochs=spec.epochs,
+        epochs_trained=sum(r["epochs"] for r in rows),
+        top=settings["top"],
+        extra_seeds=settings["extra_seeds"],
+        budget=settings["budget"],
+        train=train,
     )
     return confirmation, runs_by_id
 
 
-def finish(job: Job, results, study, lost: list, rows: list[dict], best: dict, confirmation: dict | None, confirmed: dict, target_sensitivity: float) -> dict:
+def finish(
+    job: Job,
+    results,
+    study,
+    lost: list,
+    rows: list[dict],
+    best: dict,
+    confirmation: dict | None,
+    confirmed: dict,
+    target_sensitivity: float,
+) -> dict:
     """Test the winner once, write the report, register the model, print the summary."""
     from fracture_models.evaluate import evaluate_checkpoint
     from tuning.search_space import baseline_point
@@ -462,13 +596,20 @@ def finish(job: Job, results, study, lost: list, rows: list[dict], best: dict, c
     spec, tracker = job.spec, job.tracker
     tested_id = (confirmation or {}).get("tested_run") or best["trial_id"]
     tested_row, tested_result = confirmed.get(tested_id) or (
-        next(r for r in rows if r["trial_id"] == tested_id), next(r for r in results if trial_id_of(r) == tested_id)
+        next(r for r in rows if r["trial_id"] == tested_id),
+        next(r for r in results if trial_id_of(r) == tested_id),
     )
     test_split = load_split(Path(spec.data_root), "test", spec.image_size, cache_dir=job.cache_dir, max_bad_fraction=job.max_bad_fraction)
     winner_checkpoint = best_checkpoint_dir(tested_result, spec.mode)
     report_dir = Path(job.experiment) if job.local else tracker.files_dir("report")
     test, clinical, winner_files = evaluate_checkpoint(
-        winner_checkpoint / CHECKPOINT_FILE, job.dataset.val, test_split, spec.batch_size, report_dir, target_sensitivity=target_sensitivity, seed=spec.seed,
+        winner_checkpoint / CHECKPOINT_FILE,
+        job.dataset.val,
+        test_split,
+        spec.batch_size,
+        report_dir,
+        target_sensitivity=target_sensitivity,
+        seed=spec.seed,
     )
     seconds = sum(r["seconds"] for r in rows)
     summary = {
@@ -515,8 +656,8 @@ def finish(job: Job, results, study, lost: list, rows: list[dict], best: dict, c
 def run_search(args: argparse.Namespace, *, callbacks: list | None = None, given: set[str] | None = None) -> int:
     """The whole job; returns the exit code. `callbacks` are extra Ray Tune callbacks of the search;
     `given` the flags typed on the command line (default: every flag counts as given)."""
-    from tuning.searcher import RAY_TRIAL_ID
     from tuning.search_space import baseline_point
+    from tuning.searcher import RAY_TRIAL_ID
     from tuning.summary import best_single_run, trial_rows
     from tuning.trainable import CHECKPOINT_SCORE
 

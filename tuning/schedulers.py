@@ -56,13 +56,24 @@ class FractureASHA(ASHAScheduler):
 
 
 def make_scheduler(
-    name: str, *, metric: str, rung_metric: str, rung_mode: str, max_epochs: int, rung_epochs: Sequence[int], reduction_factor: float,
+    name: str,
+    *,
+    metric: str,
+    rung_metric: str,
+    rung_mode: str,
+    max_epochs: int,
+    rung_epochs: Sequence[int],
+    reduction_factor: float,
 ):
     """ASHA over `rung_epochs` (from `rung_epochs()`); with no rung inside the budget nothing can be stopped early."""
     if name == "none" or not rung_epochs:
         return FIFOScheduler()
     own_metric = rung_metric != metric
     return FractureASHA(
-        metric=rung_metric if own_metric else None, mode=rung_mode if own_metric else None, own_metric=own_metric,
-        max_t=max_epochs, reduction_factor=reduction_factor, rung_epochs=rung_epochs,
+        metric=rung_metric if own_metric else None,
+        mode=rung_mode if own_metric else None,
+        own_metric=own_metric,
+        max_t=max_epochs,
+        reduction_factor=reduction_factor,
+        rung_epochs=rung_epochs,
     )

@@ -35,12 +35,14 @@ class Range:
     integer: bool = False
 
 
-COMMON_SPACE: Mapping[str, Range] = MappingProxyType({
-    "lr": Range(1e-4, 1e-2, log=True),
-    "step_size": Range(2, 10, integer=True),
-    "gamma": Range(0.01, 0.5, log=True),
-    "aug_strength": Range(0.0, 2.0),
-})
+COMMON_SPACE: Mapping[str, Range] = MappingProxyType(
+    {
+        "lr": Range(1e-4, 1e-2, log=True),
+        "step_size": Range(2, 10, integer=True),
+        "gamma": Range(0.01, 0.5, log=True),
+        "aug_strength": Range(0.0, 2.0),
+    }
+)
 
 
 def baseline_point() -> dict:

@@ -37,7 +37,12 @@ def trial_id_of(result) -> str:
 
 
 def trial_rows(
-    results: Iterable, hyperparameters: Iterable[str], metric: str, mode: str, max_epochs: int, tie_order: Mapping[str, int] | None = None,
+    results: Iterable,
+    hyperparameters: Iterable[str],
+    metric: str,
+    mode: str,
+    max_epochs: int,
+    tie_order: Mapping[str, int] | None = None,
 ) -> list[dict]:
     """One row per trial, best first: its hyperparameters, best validation value and epoch, how it ended.
 
@@ -116,7 +121,13 @@ def format_summary(summary: dict, top: int = 5) -> str:
         "  " + "  ".join(f"{h:>12}" for h in ["trial", *names, "best", "epoch", "status"]),
     ]
     for row in summary["trials"][:top]:
-        values = [row["trial_id"][-12:], *[f"{row[n]:.4g}" for n in names], f"{row['best_value']:.4f}", str(row["best_epoch"]), row["status"]]
+        values = [
+            row["trial_id"][-12:],
+            *[f"{row[n]:.4g}" for n in names],
+            f"{row['best_value']:.4f}",
+            str(row["best_epoch"]),
+            row["status"],
+        ]
         lines.append("  " + "  ".join(f"{v:>12}" for v in values))
     best, base = summary.get("tested_trial") or summary["best_trial"], summary.get("baseline_trial")
     lines += ["", f"{'':>14}{'winner':>12}{'baseline':>12}"]
@@ -130,16 +141,28 @@ def format_summary(summary: dict, top: int = 5) -> str:
         lines += ["", *format_confirmation(summary["confirmation"])]
     if summary.get("trials_lost_with_driver"):
         lost = len(summary["trials_lost_with_driver"])
-        lines += ["", f"{lost} trial(s) started just before the driver died and could not resume; each ran again "
-                  "from the start with the same configuration (recorded as FAIL in Optuna, KILLED in MLflow)."]
+        lines += [
+            "",
+            f"{lost} trial(s) started just before the driver died and could not resume; each ran again "
+            "from the start with the same configuration (recorded as FAIL in Optuna, KILLED in MLflow).",
+        ]
     if best.get("predicts_one_class"):
-        lines += ["", "Warning: every trial's model gave all validation images one answer; none tells the classes apart. Train longer (--epochs)."]
+        lines += [
+            "",
+            "Warning: every trial's model gave all validation images one answer; none tells the classes apart. Train longer (--epochs).",
+        ]
     test, study = summary["test"], summary.get("study_reported") or {}
     lines += ["", f"Winner on test (once, {test['num_images']} images, positive class '{test['positive_class']}'):"]
     if summary.get("generated_data"):
         lines.append(f"  {GENERATED_DATA_LABEL}: not comparable with the study's numbers, which are on the real X-rays.")
     lines.append(f"{'':>24}{'winner':>10}{'study':>10}")
-    for key, label in [("accuracy", "accuracy"), ("fracture_sensitivity", "fracture sensitivity"), ("fracture_specificity", "fracture specificity"), ("fracture_f1", "fracture F1"), ("roc_auc", "ROC AUC")]:
+    for key, label in [
+        ("accuracy", "accuracy"),
+        ("fracture_sensitivity", "fracture sensitivity"),
+        ("fracture_specificity", "fracture specificity"),
+        ("fracture_f1", "fracture F1"),
+        ("roc_auc", "ROC AUC"),
+    ]:
         reference = study.get(key)
         lines.append(f"{label:>24}{test[key]:>10.4f}{(f'{reference:.4f}' if reference is not None else '-'):>10}")
     if summary.get("clinical"):
@@ -167,8 +190,14 @@ def write_report(folder: Path, summary: dict, results: Iterable, study) -> list[
         if history is not None and metric in history:
             curves[trial_id_of(result)] = (history["training_iteration"].tolist(), history[metric].tolist())
     title = f"{summary['experiment']}: {len(curves)} trials (x = stopped early)"
-    files.append(plot_learning_curves(curves, folder / CURVES_FILE, metric=metric, highlight=summary["test_evaluated_for"], title=title, mode=summary["mode"]))
-    files.append(plot_confusion_matrix(summary["test"]["confusion_matrix"], folder / TEST_CONFUSION_FILE, title=f"{summary['arch']}: winner on test"))
+    files.append(
+        plot_learning_curves(
+            curves, folder / CURVES_FILE, metric=metric, highlight=summary["test_evaluated_for"], title=title, mode=summary["mode"]
+        )
+    )
+    files.append(
+        plot_confusion_matrix(summary["test"]["confusion_matrix"], folder / TEST_CONFUSION_FILE, title=f"{summary['arch']}: winner on test")
+    )
     files += optuna_plots(study, folder)
     return files
 
@@ -176,10 +205,21 @@ def write_report(folder: Path, summary: dict, results: Iterable, study) -> list[
 def write_confirmation_table(confirmation: Mapping, path: Path) -> Path:
     """One row per run of each confirmed configuration, with the configuration's mean and sd."""
     rows = [
-        {"configuration": c["trial_id"], "is_baseline": c["is_baseline"], "winner": c["trial_id"] == confirmation["winner"],
-         **c["hyperparameters"], "seed": r["seed"], "run": r["trial_id"], "search_run": r["search_run"], confirmation["metric"]: r["value"],
-         "mean": c["mean"], "sd": c["sd"], "runs": c["n"]}
-        for c in confirmation["configurations"] for r in c["runs"]
+        {
+            "configuration": c["trial_id"],
+            "is_baseline": c["is_baseline"],
+            "winner": c["trial_id"] == confirmation["winner"],
+            **c["hyperparameters"],
+            "seed": r["seed"],
+            "run": r["trial_id"],
+            "search_run": r["search_run"],
+            confirmation["metric"]: r["value"],
+            "mean": c["mean"],
+            "sd": c["sd"],
+            "runs": c["n"],
+        }
+        for c in confirmation["configurations"]
+        for r in c["runs"]
     ]
     pd.DataFrame(rows).to_csv(path, index=False)
     return path

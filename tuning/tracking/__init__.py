@@ -25,8 +25,17 @@ from tuning.tracking.registry import champion_decision, save_winner_model
 from tuning.tracking.tracker import SearchTracker, tracking_note
 
 __all__ = [
-    "CHAMPION", "CONFIRMATION_ROLE", "SearchTracker", "champion_decision", "check_reachable", "experiment_name", "git_commit",
-    "package_versions", "resolve_tracking_uri", "save_winner_model", "tracking_note",
+    "CHAMPION",
+    "CONFIRMATION_ROLE",
+    "SearchTracker",
+    "champion_decision",
+    "check_reachable",
+    "experiment_name",
+    "git_commit",
+    "package_versions",
+    "resolve_tracking_uri",
+    "save_winner_model",
+    "tracking_note",
 ]
 
 

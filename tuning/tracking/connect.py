@@ -16,7 +16,6 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or backend_uri(store_dir())
 
 
-
 def configure_client() -> None:
     # The driver must not stall for minutes on a dead server: fail fast, the outbox retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -68,5 +67,3 @@ def is_outage(exc: Exception) -> bool:
         status = exc.get_http_status_code()
         return status >= 500 or "API request to" in str(exc) or "Max retries exceeded" in str(exc)
     return False
-
-

@@ -9,9 +9,7 @@ from pathlib import Path
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -29,4 +27,3 @@ def package_versions() -> dict[str, str]:
             out[name] = "not installed"
     out["python"] = sys.version.split()[0]
     return out
-

@@ -55,7 +55,12 @@ class Outbox:
             except Exception as exc:  # noqa: BLE001 - sorted below
                 if is_outage(exc):
                     if self._retry_at == 0.0 or force:
-                        logger.warning("MLflow unreachable (%s); %d writes kept in %s and retried", type(exc).__name__, len(self.pending), self.path or "memory")
+                        logger.warning(
+                            "MLflow unreachable (%s); %d writes kept in %s and retried",
+                            type(exc).__name__,
+                            len(self.pending),
+                            self.path or "memory",
+                        )
                     self._retry_at = time.monotonic() + RETRY_AFTER_S
                     self._save()
                     return False
@@ -66,4 +71,3 @@ class Outbox:
         self._retry_at = 0.0
         self._save()
         return True
-

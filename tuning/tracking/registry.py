@@ -85,7 +85,11 @@ def save_winner_model(checkpoint_dir: Path, out_dir: Path) -> Path:
 
         shutil.rmtree(out_dir)
     mlflow.pytorch.save_model(
-        model, str(out_dir), signature=infer_signature(example, output), input_example=example, serialization_format="pt2",
+        model,
+        str(out_dir),
+        signature=infer_signature(example, output),
+        input_example=example,
+        serialization_format="pt2",
         pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
     )
     return out_dir

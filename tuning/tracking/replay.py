@@ -1,6 +1,6 @@
 """Send the MLflow writes that an outage left pending in a search's folder.
 
-    python -m tuning.tracking runs/tune/<name> [TRACKING_URI]
+python -m tuning.tracking runs/tune/<name> [TRACKING_URI]
 """
 
 from __future__ import annotations

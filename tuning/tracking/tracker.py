@@ -21,8 +21,19 @@ from fracture_models.records import redact_url
 from tuning.confirmation import CONFIRMS
 from tuning.tracking.connect import configure_client
 from tuning.tracking.names import (
-    CONFIRMATION_ROLE, GPU_HOURS_METRIC, JOB_TAG, ROLE_TAG, SEARCH_ROLE, STOPPED_EARLY_METRIC, TRIAL_HOURS_METRIC,
-    TRIAL_ROLE, TRIAL_TAG, TRIALS_METRIC, best_metric_name, confirm_metric_name, experiment_name,
+    CONFIRMATION_ROLE,
+    GPU_HOURS_METRIC,
+    JOB_TAG,
+    ROLE_TAG,
+    SEARCH_ROLE,
+    STOPPED_EARLY_METRIC,
+    TRIAL_HOURS_METRIC,
+    TRIAL_ROLE,
+    TRIAL_TAG,
+    TRIALS_METRIC,
+    best_metric_name,
+    confirm_metric_name,
+    experiment_name,
 )
 from tuning.tracking.outbox import OUTBOX_FILE, RETRY_AFTER_S, Outbox
 from tuning.tracking.registry import register_winner
@@ -114,7 +125,9 @@ class SearchTracker:
                 artifact_location = None
                 if self.uri.startswith("sqlite:///"):  # the local store: artifacts beside mlflow.db
                     artifact_location = (Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts" / name).as_uri()
-                self.experiment_id = self.client.create_experiment(name, artifact_location=artifact_location, tags={"project": "fracture-tune"})
+                self.experiment_id = self.client.create_experiment(
+                    name, artifact_location=artifact_location, tags={"project": "fracture-tune"}
+                )
         return self.experiment_id
 
     def start(self, *, resume: bool = False) -> str:
@@ -150,9 +163,15 @@ class SearchTracker:
             run_id = found[0].info.run_id
         else:
             tags = {
-                "mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial_id, ROLE_TAG: role, JOB_TAG: self.job.name,
-                "arch": self.job.arch, "team": self.job.team, "user": self.job.user,
-                "data_fingerprint": self.job.data_fingerprint, "state": "running",
+                "mlflow.parentRunId": self.parent_run_id,
+                TRIAL_TAG: trial_id,
+                ROLE_TAG: role,
+                JOB_TAG: self.job.name,
+                "arch": self.job.arch,
+                "team": self.job.team,
+                "user": self.job.user,
+                "data_fingerprint": self.job.data_fingerprint,
+                "state": "running",
             }
             if role == CONFIRMATION_ROLE and params and params.get(CONFIRMS):
                 tags[CONFIRMS] = str(params[CONFIRMS])
@@ -173,7 +192,7 @@ class SearchTracker:
         run_id = self.parent_run_id if trial_id is None else self._run_for(trial_id)
         batch = [Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()]
         for start in range(0, len(batch), 500):
-            self.client.log_batch(run_id, metrics=batch[start:start + 500])
+            self.client.log_batch(run_id, metrics=batch[start : start + 500])
 
     def _op_tags(self, trial_id: str | None, tags: dict) -> None:
         run_id = self.parent_run_id if trial_id is None else self._run_for(trial_id)
@@ -210,8 +229,9 @@ class SearchTracker:
 
     def trial_result(self, trial_id: str, result: Mapping) -> None:
         metrics = {k: v for k, v in result.items() if (k.startswith(REPORTED_PREFIXES) or k == LEARNING_RATE) and _is_number(v)}
-        self.submit("metrics", trial_id=trial_id, step=int(result["training_iteration"]), metrics=metrics,
-                    timestamp_ms=int(time.time() * 1000))
+        self.submit(
+            "metrics", trial_id=trial_id, step=int(result["training_iteration"]), metrics=metrics, timestamp_ms=int(time.time() * 1000)
+        )
 
     def trial_ended(self, trial_id: str, history: list[dict], *, failed: bool) -> None:
         """Final state, best epoch's confusion matrix and the loss curves of one trial."""
@@ -222,11 +242,17 @@ class SearchTracker:
         best = best_epoch(history, metric, mode)
         if best is not None:
             tags["best_epoch"] = best["training_iteration"]
-            self.submit("metrics", trial_id=trial_id, step=int(best["training_iteration"]),
-                        metrics={best_metric_name(metric): float(best[metric])}, timestamp_ms=int(time.time() * 1000))
+            self.submit(
+                "metrics",
+                trial_id=trial_id,
+                step=int(best["training_iteration"]),
+                metrics={best_metric_name(metric): float(best[metric])},
+                timestamp_ms=int(time.time() * 1000),
+            )
             folder = self.files_dir(f"trial_{trial_id}")
             plot_confusion_matrix(
-                confusion_from_counts(best, prefix="val_"), folder / "confusion_matrix.png",
+                confusion_from_counts(best, prefix="val_"),
+                folder / "confusion_matrix.png",
                 title=f"trial {trial_id}: validation, epoch {best['training_iteration']}",
             )
             rows = [{"epoch": r["training_iteration"], "train_loss": r["train_loss"], "val_loss": r["val_loss"]} for r in history]
@@ -242,11 +268,16 @@ class SearchTracker:
             from fracture_models.clinical import clinical_scalars
 
             test.update({f"test_{k}": v for k, v in clinical_scalars(summary["clinical"]).items() if _is_number(v)})
-        test.update({
-            TRIAL_HOURS_METRIC: summary["trial_hours"], GPU_HOURS_METRIC: summary["gpu_hours"], TRIALS_METRIC: summary["num_trials"],
-            STOPPED_EARLY_METRIC: summary["trials_stopped_early"], "epochs_trained": summary["epochs_trained"],
-            best_metric_name(summary["metric"]): summary["best_trial"]["best_value"],
-        })
+        test.update(
+            {
+                TRIAL_HOURS_METRIC: summary["trial_hours"],
+                GPU_HOURS_METRIC: summary["gpu_hours"],
+                TRIALS_METRIC: summary["num_trials"],
+                STOPPED_EARLY_METRIC: summary["trials_stopped_early"],
+                "epochs_trained": summary["epochs_trained"],
+                best_metric_name(summary["metric"]): summary["best_trial"]["best_value"],
+            }
+        )
         test.update(confirmation_metrics(summary.get("confirmation")))
         self.submit("metrics", trial_id=None, step=0, metrics=test, timestamp_ms=int(time.time() * 1000))
         best, tested = summary["best_trial"], summary.get("tested_trial") or summary["best_trial"]
@@ -257,12 +288,21 @@ class SearchTracker:
         for path in report_files:
             self.submit("artifact", trial_id=None, path=str(path), artifact_path="report")
         if model_dir is not None:
-            self.submit("register", model_dir=str(model_dir), description={
-                "metric": summary["metric"], "mode": summary["mode"], "value": tested["best_value"],
-                "data_fingerprint": self.job.data_fingerprint, "trial_id": tested["trial_id"], "job_name": self.job.name,
-                "team": self.job.team, "test_accuracy": summary["test"]["accuracy"],
-                "test_fracture_f1": summary["test"]["fracture_f1"],
-            })
+            self.submit(
+                "register",
+                model_dir=str(model_dir),
+                description={
+                    "metric": summary["metric"],
+                    "mode": summary["mode"],
+                    "value": tested["best_value"],
+                    "data_fingerprint": self.job.data_fingerprint,
+                    "trial_id": tested["trial_id"],
+                    "job_name": self.job.name,
+                    "team": self.job.team,
+                    "test_accuracy": summary["test"]["accuracy"],
+                    "test_fracture_f1": summary["test"]["fracture_f1"],
+                },
+            )
         self.submit("end", trial_id=None, status="FINISHED")
 
     def trial_lost(self, trial_id: str) -> None:
@@ -305,7 +345,6 @@ def tracking_note(tracker: SearchTracker, wait_s: float = 30.0) -> str:
     return f"MLflow: experiment {name}, parent run {tracker.job.name} ({tracker.parent_run_id}); {where}"
 
 
-
 def confirmation_metrics(confirmation: Mapping | None) -> dict[str, float]:
     """The parent run's `confirm_*` metrics: the winner's and the baseline's mean and sd over
     seeds, and the paired difference with its 95% interval, where they exist."""
@@ -315,10 +354,20 @@ def confirmation_metrics(confirmation: Mapping | None) -> dict[str, float]:
     for c in confirmation["configurations"]:
         for name, wanted in (("winner", c["trial_id"] == confirmation["winner"]), ("baseline", c["is_baseline"])):
             if wanted:
-                out.update({confirm_metric_name(name, "mean"): c["mean"], confirm_metric_name(name, "sd"): c["sd"], confirm_metric_name(name, "runs"): c["n"]})
+                out.update(
+                    {
+                        confirm_metric_name(name, "mean"): c["mean"],
+                        confirm_metric_name(name, "sd"): c["sd"],
+                        confirm_metric_name(name, "runs"): c["n"],
+                    }
+                )
     difference = confirmation.get("difference_vs_baseline")
     if difference:
-        out.update(confirm_difference=difference["mean"], confirm_difference_ci_low=difference["ci95"][0], confirm_difference_ci_high=difference["ci95"][1])
+        out.update(
+            confirm_difference=difference["mean"],
+            confirm_difference_ci_low=difference["ci95"][0],
+            confirm_difference_ci_high=difference["ci95"][1],
+        )
     return {k: float(v) for k, v in out.items() if _is_number(v)}
 
 
@@ -330,4 +379,3 @@ def _params(values: Mapping) -> list:
     from mlflow.entities import Param
 
     return [Param(k, str(v)[:6000]) for k, v in values.items()]
-
