@@ -17,11 +17,11 @@
   go on (copies had >= 28 on both benchmark generators; 99.9% of distinct candidates of the
   project's generator have < 20, while same-pose look-alikes reach 99 against copies' >= 102, so
   the count ranks but does not decide).
-  Confirmed: b is registered on a (`register`: log-polar and plain phase correlation, then
-  Gauss-Newton), and over the overlap (`match`) the fine detail (band-pass 0.8-2.5 px) correlates
+  Confirmed: b is registered on a (`register`, seeded with the geometric check's similarity by
+  `orb_similarity` and refined by Gauss-Newton at 128 px), and over the overlap (`match`) the fine detail (band-pass 0.8-2.5 px) correlates
   at >= `DEFAULT_MIN_DETAIL_CORRELATION` and the grain of the flattest half of 16 px patches
   (band-pass 1.2-3.0 px) at >= `MIN_GRAIN_CORRELATION`. Margins (benchmarks/README.md, "Audit
-  accuracy"): copies detail >= 0.915 (project) / 0.929 p5 (look-alikes), distinct pairs reaching
+  accuracy"): copies detail >= 0.915 (project) / 0.923 (look-alikes), distinct pairs reaching
   this step <= 0.861 / 0.932; look-alike copies grain p5 0.69, the 4 distinct same-class
   look-alike pairs with detail >= 0.92 have grain 0.63-0.95 (the remaining false groups); project
   copies grain min 0.566, 3 below 0.6 are missed. No distinct pair of different classes confirmed.
@@ -60,7 +60,7 @@ from fracture_models.records import write_json
 
 logger = logging.getLogger(__name__)
 
-AUDIT_VERSION = 3
+AUDIT_VERSION = 4
 HASH_SIDE = 32  # the grey image is reduced to 32 x 32 before the DCT
 HASH_BITS = 8  # the 8 x 8 lowest frequencies give a 64-bit hash
 HASH_CANDIDATE_BITS = 8  # pairs within this many bits of 64 are candidates
@@ -88,6 +88,7 @@ MAX_TURN_DEGREES = 12  # the copy's rotation (or 180 degrees more): planted copi
 SCALE_RANGE = (0.65, 1.55)  # the copy's scale: 0.8-1.25 times a crop of up to 8%
 MIN_INLIERS = 20  # geometrically consistent matches before a pair is registered in full
 REGISTERED_PER_IMAGE = 2  # only each image's best pairs by inliers are registered in full
+SEEDED_REFINE_STEPS = 3  # Gauss-Newton steps at THUMB_SIDE from the geometric check's transform
 SHORTCUT_ATTRIBUTES = ("format", "mode", "width", "height")
 SHORTCUT_BALANCED_ACCURACY = 0.7
 SHORTCUT_P_VALUE = 1e-3
@@ -417,13 +418,21 @@ def _refine(a: np.ndarray, b: np.ndarray, a_box: Sequence[int], b_box: Sequence[
     return warp
 
 
-def register(a: np.ndarray, a_box: Sequence[int], b: np.ndarray, b_box: Sequence[int]) -> tuple[bool, Similarity]:
+def register(
+    a: np.ndarray, a_box: Sequence[int], b: np.ndarray, b_box: Sequence[int], seed: tuple[bool, Similarity] | None = None
+) -> tuple[bool, Similarity]:
     """Whether b must be mirrored (left-right) and the similarity that then lays it on a.
 
-    Rotation and scale from the phase correlation of the log-polar spectra (for b and its
-    mirror image; a vertical flip is a mirror turned 180 degrees, so each rotation is tried
-    at +180 too), the shift from the phase correlation of the rotated and scaled image,
-    the best of the four by that correlation, then refined at COARSE_SIDE and at THUMB_SIDE."""
+    With a `seed` (mirror and similarity, e.g. `orb_similarity` of the geometric check) only
+    refined at THUMB_SIDE. Otherwise searched: rotation and scale from the phase correlation of
+    the log-polar spectra (for b and its mirror image; a vertical flip is a mirror turned 180
+    degrees, so each rotation is tried at +180 too), the shift from the phase correlation of the
+    rotated and scaled image, the best of the four by that correlation, then refined at
+    COARSE_SIDE and at THUMB_SIDE."""
+    if seed is not None:
+        mirror, warp = seed
+        b_view, box = (b[:, ::-1], _mirror_box(b_box)) if mirror else (b, b_box)
+        return mirror, _refine(a.astype(np.float32), b_view.astype(np.float32), a_box, box, warp, steps=SEEDED_REFINE_STEPS)
     coarse_a = _apodised(a, a_box)
     fa, polar_fa = np.fft.fft2(coarse_a), np.fft.fft2(log_polar_spectrum(coarse_a))
     best = (-np.inf, False, Similarity(1, 0, 0, 0))
@@ -489,11 +498,14 @@ class Match:
         return self.detail >= min_detail and self.grain >= min_grain
 
 
-def match(a: np.ndarray, a_box: Sequence[int], b: np.ndarray, b_box: Sequence[int], inliers: int = 0) -> Match:
-    """Register b on a, then compare their fine detail and their grain. Near 1 both for the same
-    radiograph however flipped, turned, scaled, shifted, cropped, re-encoded or re-exposed;
-    another radiograph of the same pose may match in detail (its edges align) but not in grain."""
-    mirror, warp = register(a, a_box, b, b_box)
+def match(
+    a: np.ndarray, a_box: Sequence[int], b: np.ndarray, b_box: Sequence[int], inliers: int = 0, seed: tuple[bool, Similarity] | None = None
+) -> Match:
+    """Register b on a (from `seed` if given), then compare their fine detail and their grain.
+    Near 1 both for the same radiograph however flipped, turned, scaled, shifted, cropped,
+    re-encoded or re-exposed; another radiograph of the same pose may match in detail (its edges
+    align) but not in grain."""
+    mirror, warp = register(a, a_box, b, b_box, seed)
     b_view, box = (b[:, ::-1], _mirror_box(b_box)) if mirror else (b, b_box)
     inside = warp.overlap(a_box, box, THUMB_SIDE)
     if inside.sum() < MIN_OVERLAP * min(a_box[2] * a_box[3], box[2] * box[3]):
@@ -600,14 +612,25 @@ def voted_pairs(thumbs: Thumbnails, usable: np.ndarray, seed: int = 0) -> set[tu
     return chosen
 
 
-def geometric_inliers(a: LocalFeatures, b: LocalFeatures) -> int:
+@dataclass(frozen=True)
+class GeometricCheck:
+    """The best copy-like similarity of b's ORB matches onto a's: `inliers` it lays on each other,
+    whether b's mirror image matched, and `transform` [2, 3] (x, y of b's, or its mirror image's,
+    FEATURE_SIDE image to a's); no transform when none of a copy's range was found."""
+
+    inliers: int
+    mirror: bool = False
+    transform: np.ndarray | None = None
+
+
+def geometric_check(a: LocalFeatures, b: LocalFeatures) -> GeometricCheck:
     """How many of b's ORB matches (b or its mirror image) a single similarity transform of a
     copy's range (turn within MAX_TURN_DEGREES of 0 or 180, scale in SCALE_RANGE) lays on a's,
-    by RANSAC; 0 when the best transform is not a copy's."""
+    by RANSAC, and that transform; 0 inliers when the best transform is not a copy's."""
     import cv2
 
-    matcher, best = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True), 0
-    for points, descriptors in ((b.points, b.descriptors), (b.mirror_points, b.mirror_descriptors)):
+    matcher, best = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True), GeometricCheck(0)
+    for mirror, points, descriptors in ((False, b.points, b.descriptors), (True, b.mirror_points, b.mirror_descriptors)):
         if len(a.descriptors) < 4 or len(descriptors) < 4:
             continue
         matches = [m for m in matcher.match(a.descriptors, descriptors) if m.distance <= MAX_DESCRIPTOR_DISTANCE]
@@ -620,9 +643,33 @@ def geometric_inliers(a: LocalFeatures, b: LocalFeatures) -> int:
             continue
         turn = abs(np.degrees(np.arctan2(transform[1, 0], transform[0, 0])))
         scale = float(np.hypot(transform[0, 0], transform[1, 0]))
-        if min(turn, 180 - turn) <= MAX_TURN_DEGREES and SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
-            best = max(best, int(inliers.sum()))
+        if min(turn, 180 - turn) <= MAX_TURN_DEGREES and SCALE_RANGE[0] <= scale <= SCALE_RANGE[1] and int(inliers.sum()) > best.inliers:
+            best = GeometricCheck(int(inliers.sum()), mirror, transform)
     return best
+
+
+def geometric_inliers(a: LocalFeatures, b: LocalFeatures) -> int:
+    """The inlier count of `geometric_check`."""
+    return geometric_check(a, b).inliers
+
+
+def orb_similarity(check: GeometricCheck, a_box: Sequence[int], b_box: Sequence[int]) -> tuple[bool, Similarity]:
+    """The geometric check's transform as `register`'s seed: where each pixel of a's thumbnail
+    samples b's (mirrored when `check.mirror`). Feature images are THUMB_SIDE / FEATURE_SIDE
+    of the thumbnail's scale, before the thumbnail's offset on its square."""
+    import cv2
+
+    ratio = THUMB_SIDE / FEATURE_SIDE
+    box = _mirror_box(b_box) if check.mirror else b_box
+
+    def to_thumb(box: Sequence[int]) -> np.ndarray:  # feature px (x, y) -> thumbnail px, pixel centres kept
+        return np.array([[ratio, 0, 0.5 * ratio - 0.5 + box[1]], [0, ratio, 0.5 * ratio - 0.5 + box[0]], [0, 0, 1]])
+
+    inverse = np.vstack([cv2.invertAffineTransform(check.transform), [0, 0, 1]])  # a's feature px -> b's
+    g = to_thumb(box) @ inverse @ np.linalg.inv(to_thumb(a_box))
+    c = (THUMB_SIDE - 1) / 2
+    centre = g @ [c, c, 1]
+    return check.mirror, Similarity((g[0, 0] + g[1, 1]) / 2, (g[0, 1] - g[1, 0]) / 2, centre[1] - c, centre[0] - c)
 
 
 def _best_per_image(inliers: dict[tuple[int, int], int]) -> set[tuple[int, int]]:
@@ -640,12 +687,15 @@ def near_duplicate_scores(records: Sequence[ImageRecord], thumbs: Thumbnails, nu
     pairs = [(i, j) for i, j in sorted(candidate_pairs(records, thumbs)) if records[i].sha256 != records[j].sha256]
     workers = num_workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:  # OpenCV releases the GIL
-        counts = list(pool.map(lambda pair: geometric_inliers(thumbs.features[pair[0]], thumbs.features[pair[1]]), pairs))
-    inliers = dict(zip(pairs, counts))
-    return {
-        (i, j): match(thumbs.pixels[i], thumbs.boxes[i], thumbs.pixels[j], thumbs.boxes[j], inliers[(i, j)])
-        for i, j in sorted(_best_per_image(inliers))
-    }
+        checks = dict(zip(pairs, pool.map(lambda pair: geometric_check(thumbs.features[pair[0]], thumbs.features[pair[1]]), pairs)))
+    chosen = sorted(_best_per_image({pair: check.inliers for pair, check in checks.items()}))
+
+    def confirm(pair: tuple[int, int]) -> Match:
+        (i, j), check = pair, checks[pair]
+        seed = orb_similarity(check, thumbs.boxes[i], thumbs.boxes[j])
+        return match(thumbs.pixels[i], thumbs.boxes[i], thumbs.pixels[j], thumbs.boxes[j], check.inliers, seed)
+
+    return dict(zip(chosen, map(confirm, chosen)))
 
 
 def duplicate_groups(
