@@ -224,7 +224,11 @@ def ensure_generated(out_dir: str | Path, spec: SyntheticSpec) -> Path:
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     defaults = SyntheticSpec()
-    parser = argparse.ArgumentParser(description="Write generated X-ray-like images in the dataset's layout.", add_help=add_help)
+    parser = argparse.ArgumentParser(
+        prog="python -m fracture_models.synthetic",
+        description="Write generated X-ray-like images in the dataset's layout.",
+        add_help=add_help,
+    )
     parser.add_argument("out_dir", type=Path, help="folder to write (the dataset's doubled top folder goes inside)")
     for split in SPLITS:
         parser.add_argument(f"--{split}", type=int, default=defaults.count(split), help=f"images in {split} (default: %(default)s)")

@@ -41,6 +41,7 @@ SELECTION_METRIC = DEFAULT_SELECTION_METRIC
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog="python -m fracture_models.train",
         description="Train one model with the study's recipe; select on validation, test once.",
         parents=[get_common_parser(), get_hyperparameter_parser()],
         add_help=add_help,

@@ -40,7 +40,9 @@ APP_NAME = "fracture-tune"
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Start the MLflow tracking server of fracture-tune.", add_help=add_help)
+    parser = argparse.ArgumentParser(
+        prog="python -m mlflow_server", description="Start the MLflow tracking server of fracture-tune.", add_help=add_help
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s; another needs --auth or --insecure)")
     parser.add_argument("--port", type=int, default=5000, help="port (default: %(default)s)")
     parser.add_argument("--store", default=None, help="folder of the default stores (default: $FRACTURE_MLFLOW_DIR, else ./runs/mlflow)")
@@ -216,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
             start_new_session=True,
             cwd=store,
         )
-    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
+    # SIGINT too: a shell starts a background job with SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler of its own, so `kill -INT` or Ctrl-C would not stop the server.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop_like_ctrl_c)
     try:
         logger.info("Starting MLflow (backend %s, artifacts %s); log in %s", redact_url(backend), artifacts, log_file)
         try:

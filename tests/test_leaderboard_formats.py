@@ -62,3 +62,11 @@ def test_a_quote_in_the_team_filter_finds_nothing_instead_of_failing(tmp_path):
     client.set_terminated(run.info.run_id, "FINISHED")
     assert [j.team for j in collect_jobs(client, uri, "val_fracture_f1", team="x'")] == ["x'"]
     assert collect_jobs(client, uri, "val_fracture_f1", team="x' or tags.team != '") == []
+
+
+def test_the_empty_board_suggests_a_search_of_the_architecture_asked_for(tmp_path):
+    from tuning.leaderboard import build
+
+    board = build(f"sqlite:///{tmp_path / 'mlflow.db'}", "val_fracture_f1", arch="vgg16")
+    assert "No finished searches yet for arch vgg16" in board
+    assert "python -m tuning.run --synthetic --arch vgg16 --num-samples 8 --weights none" in board

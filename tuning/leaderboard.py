@@ -24,6 +24,7 @@ from typing import Iterable
 
 from fracture_models.errors import UserError
 from fracture_models.metrics import CATALOGUE, DEFAULT_SELECTION_METRIC, metric_mode
+from fracture_models.models import resolve_weights
 from fracture_models.study import STUDY_TEST_RESULTS
 from tuning.tracking.names import (
     EXPERIMENT_PREFIX,
@@ -326,7 +327,9 @@ def _templates():
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Rank the team's searches from the MLflow tracking store.", add_help=add_help)
+    parser = argparse.ArgumentParser(
+        prog="python -m tuning.leaderboard", description="Rank the team's searches from the MLflow tracking store.", add_help=add_help
+    )
     parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else the local store")
     parser.add_argument("--arch", default=None, help="only this architecture")
     parser.add_argument("--team", default=None, help="only this team")
@@ -362,7 +365,8 @@ def build(tracking_uri: str, metric: str, *, arch=None, team=None, by=None, top=
         "No finished searches yet"
         + (f" for arch {arch}" if arch else "")
         + (f" of team {team}" if team else "")
-        + ". Run one with: python -m tuning.run --synthetic --arch cnn --num-samples 8"
+        + f". Run one with: python -m tuning.run --synthetic --arch {arch or 'cnn'} --num-samples 8"
+        + (" --weights none" if arch and resolve_weights(arch, None) != "none" else "")
     )
     return render(rank(jobs, metric, by=by, top=top), study_rows(arch), metric, fmt, hint)
 

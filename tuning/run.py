@@ -44,6 +44,7 @@ AUDIT_DIR = "audit"
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog="python -m tuning.run",
         description="Search learning rate, StepLR step size and gamma, and augmentation strength around the study's baseline.",
         parents=[get_common_parser()],
         add_help=add_help,

@@ -48,10 +48,27 @@ def check_reachable(uri: str) -> None:
         raise UserError(_unreachable(uri, exc)) from exc
 
 
+_REASONS = re.compile(
+    r"Connection refused|Name or service not known|No route to host|timed out|Temporary failure in name resolution|"
+    r"Network is unreachable|certificate verify failed|unable to open database file|No such file or directory",
+    re.I,
+)
+
+
+def _reason(exc: Exception, limit: int = 200) -> str:
+    """The part of a client error a user can act on, whole words only."""
+    text = " ".join(str(exc).split())
+    found = _REASONS.search(text)
+    if found:
+        return found.group(0)
+    if not text:
+        return type(exc).__name__
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
+
+
 def _unreachable(uri: str, exc: Exception) -> str:
-    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     return (
-        f"Cannot reach the MLflow tracking store at {redact_url(uri)} ({first}). Start it with `python -m mlflow_server`, "
+        f"Cannot reach the MLflow tracking store at {redact_url(uri)} ({_reason(exc)}). Start it with `python -m mlflow_server`, "
         "fix --tracking-uri / $MLFLOW_TRACKING_URI, or drop both to log to the local store. Nothing was trained."
     )
 

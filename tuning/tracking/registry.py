@@ -45,7 +45,7 @@ def champion_decision(client, name: str, candidate: Mapping) -> str:
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
-        return "promoted: no champion yet"
+        return "promoted: the first version, so it is the champion"
     tags = current.tags
     if tags.get("data_fingerprint") != candidate["data_fingerprint"]:
         return f"kept version {current.version}: it was selected on other data (fingerprint {tags.get('data_fingerprint')})"

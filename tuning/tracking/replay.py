@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from fracture_models.cli import configure_logging
 
-    parser = argparse.ArgumentParser(description="Send the MLflow writes that an outage left pending in a search's folder.")
+    parser = argparse.ArgumentParser(
+        prog="python -m tuning.tracking", description="Send the MLflow writes that an outage left pending in a search's folder."
+    )
     parser.add_argument("experiment", type=Path, help="the search's folder, e.g. runs/tune/cnn-20261126-101500")
     parser.add_argument("tracking_uri", nargs="?", default=None, help="default: $MLFLOW_TRACKING_URI, else the one in job.json")
     args = parser.parse_args(argv)
