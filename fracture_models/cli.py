@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -29,17 +30,41 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _non_negative_float(text: str) -> float:
+MAX_IMAGE_SIZE = 1024  # px; the study trains at 224, and 1024 px already needs ~3 MB per decoded image
+
+
+def _finite_float(text: str) -> float:
     value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _finite_float(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    value = _finite_float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _finite_float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction from 0 to 1, got {text}")
+    return value
+
+
+def _image_size(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_IMAGE_SIZE} px, got {text} (the study trains at 224)")
     return value
 
 
@@ -61,7 +86,7 @@ def get_common_parser(add_help: bool = False) -> argparse.ArgumentParser:
     )
     parser.add_argument("--epochs", type=_positive_int, default=BASELINE_EPOCHS, help="epochs (default: %(default)s)")
     parser.add_argument(
-        "--image-size", type=_positive_int, default=BASELINE_IMAGE_SIZE, help="square input side in px (default: %(default)s)"
+        "--image-size", type=_image_size, default=BASELINE_IMAGE_SIZE, help="square input side in px (default: %(default)s)"
     )
     parser.add_argument(
         "--batch-size", type=_positive_int, default=BASELINE_BATCH_SIZE, help="batch size (default: %(default)s, assumed by the study)"
@@ -84,7 +109,7 @@ def get_common_parser(add_help: bool = False) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-bad-fraction",
-        type=_non_negative_float,
+        type=_fraction,
         default=DEFAULT_MAX_BAD_FRACTION,
         help="stop if more than this share of a split's files do not decode (default: %(default)s)",
     )

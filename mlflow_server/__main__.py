@@ -93,6 +93,17 @@ def _check_backend(uri: str) -> None:
         raise UserError("A PostgreSQL backend needs its driver: pip install 'fracture-tune[postgres]'.")
 
 
+def _set_admin_password(users: Path, password: str) -> None:
+    """$MLFLOW_AUTH_ADMIN_PASSWORD is authoritative on every start: MLflow itself only uses it when it
+    creates the users database, so without this a rotated password would be ignored."""
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    accounts = SqlAlchemyStore()
+    accounts.init_db(f"sqlite:///{users}")
+    if accounts.has_user("admin"):
+        accounts.update_user("admin", password=password)
+
+
 def _auth_settings(store: Path, env: dict) -> dict:
     """The basic-auth config file and secret key under <store>/auth; never a default password."""
     if not env.get(ADMIN_PASSWORD_ENV):
@@ -102,6 +113,11 @@ def _auth_settings(store: Path, env: dict) -> dict:
         )
     folder = store / "auth"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder.chmod(0o700)  # a folder made earlier, by hand or by an older version, is tightened too
+    users = folder / "users.db"
+    if users.exists():
+        users.chmod(0o600)
+        _set_admin_password(users, env[ADMIN_PASSWORD_ENV])
     config = folder / "basic_auth.ini"
     config.write_text(
         "[mlflow]\n"
@@ -193,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     store = store_dir(args.store)
     store.mkdir(parents=True, exist_ok=True)
     backend = args.backend_store_uri or backend_uri(store)
+    if backend.startswith("sqlite:///") and Path(backend.removeprefix("sqlite:///")).exists():
+        Path(backend.removeprefix("sqlite:///")).chmod(0o600)  # runs, params and users' names: not for other local users
     artifacts = args.artifacts_destination or str(artifacts_dir(store))
     _check_backend(backend)
     _check_port_free(args.host, args.port)
@@ -217,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             cwd=store,
+            umask=0o077,  # what the server creates (mlflow.db, users.db, artifacts) is its owner's alone
         )
     # SIGINT too: a shell starts a background job with SIGINT ignored, and Python then installs no
     # KeyboardInterrupt handler of its own, so `kill -INT` or Ctrl-C would not stop the server.

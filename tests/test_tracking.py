@@ -250,6 +250,29 @@ def test_auth_server_refuses_anonymous_and_lets_the_admin_log(tmp_path: Path, mo
     assert server.process.returncode == 0 and not server.healthy()
 
 
+def test_a_rotated_admin_password_takes_effect_and_the_auth_files_are_private(tmp_path: Path):
+    import stat
+
+    store = tmp_path / "store"
+    (store / "auth").mkdir(parents=True, mode=0o755)  # made earlier, world-readable
+    search = "/api/2.0/mlflow/experiments/search?max_results=1"
+
+    def basic(password: str) -> dict:
+        return {"Authorization": "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()}
+
+    for old, new in ((None, "first-password-1"), ("first-password-1", "rotated-password-2")):
+        server = MlflowServer(store, "--auth", env={"MLFLOW_AUTH_ADMIN_PASSWORD": new}).start()
+        try:
+            assert _get(server.url + search, basic(new)) == 200
+            if old is not None:
+                assert _get(server.url + search, basic(old)) == 401  # the old password no longer works
+        finally:
+            server.stop()
+    assert stat.S_IMODE((store / "auth").stat().st_mode) == 0o700
+    for private in (store / "auth" / "users.db", store / "mlflow.db"):
+        assert stat.S_IMODE(private.stat().st_mode) & 0o077 == 0, private
+
+
 @pytest.mark.parametrize(
     "flags, env, message",
     [

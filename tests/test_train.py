@@ -79,8 +79,25 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         (lambda root, tmp: ["--data-dir", str(root), "--arch", "alexnet"], "invalid choice: 'alexnet'"),
         (lambda root, tmp: ["--data-dir", str(tmp / "broken")], "Class folder missing"),
         (lambda root, tmp: ["--data-dir", str(root), "--arch", "cnn", "--weights", "imagenet"], "no pretrained weights"),
+        (lambda root, tmp: ["--data-dir", str(root), "--lr", "nan"], "--lr: must be a finite number, got nan"),
+        (lambda root, tmp: ["--data-dir", str(root), "--lr", "inf"], "--lr: must be a finite number, got inf"),
+        (lambda root, tmp: ["--data-dir", str(root), "--gamma", "nan"], "--gamma: must be a finite number"),
+        (lambda root, tmp: ["--data-dir", str(root), "--image-size", "100000"], "--image-size: must be at most 1024 px"),
+        (lambda root, tmp: ["--data-dir", str(root), "--max-bad-fraction", "nan"], "--max-bad-fraction: must be a finite number"),
+        (lambda root, tmp: ["--data-dir", str(root), "--max-bad-fraction", "2"], "--max-bad-fraction: must be a fraction from 0 to 1"),
     ],
-    ids=["bad path", "unknown arch", "missing class folder", "weights for the cnn"],
+    ids=[
+        "bad path",
+        "unknown arch",
+        "missing class folder",
+        "weights for the cnn",
+        "lr nan",
+        "lr inf",
+        "gamma nan",
+        "huge image size",
+        "max-bad-fraction nan",
+        "max-bad-fraction above 1",
+    ],
 )
 def test_user_errors_print_one_clear_message(small_download: Path, tmp_path: Path, make_args, expected: str):
     broken = tmp_path / "broken"

@@ -187,6 +187,13 @@ def test_bad_settings_fail_before_anything_starts(flag: str, value: str, tiny_do
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_storage_path_that_is_a_file_fails_before_anything_starts(tiny_download: Path, tmp_path: Path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        main(_args(tiny_download, blocker, "job", "--num-samples", "1", "--epochs", "1"))
+
+
 def test_two_gpus_per_trial_on_one_gpu_nodes_fails_at_once(tiny_download: Path, tmp_path: Path, monkeypatch):
     """Two nodes with one (logical) GPU each: 2 GPUs in the cluster, but no node can hold the trial."""
     from ray.cluster_utils import Cluster

@@ -151,6 +151,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise UserError(f"--rung-epochs must be epochs >= 1, got {args.rung_epochs}.")
     if args.max_concurrent < 0 or args.max_failures < 0:
         raise UserError("--max-concurrent and --max-failures must be >= 0.")
+    if not math.isfinite(args.reduction_factor) or not math.isfinite(args.target_sensitivity):
+        raise UserError("--reduction-factor and --target-sensitivity must be finite numbers.")
     if not 0 < args.target_sensitivity <= 1:  # checked now, not after hours of training
         raise UserError(f"--target-sensitivity must be in (0, 1], got {args.target_sensitivity}.")
     if args.confirm_top < 0 or args.confirm_seeds < 0 or not 0 <= args.confirm_budget < math.inf:
@@ -271,6 +273,8 @@ def prepare(args: argparse.Namespace, given: set[str] | None) -> tuple[argparse.
     name = args.name or f"{args.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
     experiment = _experiment_path(args.storage_path, name)
     local = "://" not in experiment
+    if local and Path(args.storage_path).expanduser().exists() and not Path(args.storage_path).expanduser().is_dir():
+        raise UserError(f"--storage-path {args.storage_path} is a file; give a folder (it is created if missing) or an s3:// URI.")
     if local and not args.resume and Path(experiment).exists():
         raise UserError(f"Experiment {experiment} exists already: pass --resume to continue it, or choose another --name.")
     record = None
