@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="search-efficiency-"))
     os.environ["FRACTURE_MLFLOW_DIR"] = str(work / "mlflow")
     spec = task_spec(args.train, args.val, args.difficulty)

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["FRACTURE_MLFLOW_DIR"] = str(work / "mlflow")  # tracking is part of the platform's cost
     data_dir = ensure_generated(work / "data", SyntheticSpec(train=600, val=200, test=200, image_size=128, seed=7))
     start = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     report = {"ray_init_s": round(time.perf_counter() - start, 2), "torch_threads": torch.get_num_threads(), "regimes": {}}
     for name in args.regimes:
         trials, epochs, size = REGIMES[name]

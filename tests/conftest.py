@@ -74,7 +74,9 @@ def ray_session():
     """One local Ray instance for the whole test session (starting Ray costs seconds)."""
     import ray
 
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False
+    )  # never a cluster this machine ran before
     yield ray
     ray.shutdown()
 

@@ -391,3 +391,48 @@ def test_confirmation_retrains_the_top_configurations_and_the_baseline_and_tests
         == 0
     )
     assert json.loads((tmp_path / "unconfirmed" / "summary.json").read_text())["confirmation"] is None
+
+
+def test_without_address_a_search_starts_its_own_ray_even_when_the_last_cluster_is_gone(tiny_download: Path, tmp_path: Path):
+    """Ray's default reads /tmp/ray/ray_current_cluster (the last `ray start` on this machine) and
+    hangs for minutes when that cluster is dead; a search without --address must not."""
+    marker = Path("/tmp/ray/ray_current_cluster")
+    saved = marker.read_text() if marker.exists() else None
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("127.0.0.1:1")  # a cluster that is gone
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    try:
+        start = time.monotonic()
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tuning.run",
+                *_args(
+                    tiny_download, tmp_path, "own-ray", "--num-samples", "1", "--epochs", "1", "--scheduler", "none", "--confirm-top", "0"
+                ),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert time.monotonic() - start < 300
+    finally:
+        if saved is None:
+            marker.unlink(missing_ok=True)
+        else:
+            marker.write_text(saved)
+
+
+def test_an_address_nobody_listens_on_fails_at_once_with_the_reason(tiny_download: Path, tmp_path: Path):
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "tuning.run", *_args(tiny_download, tmp_path, "dead", "--num-samples", "1", "--address", "127.0.0.1:1")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and "Could not connect to the Ray cluster at 127.0.0.1:1" in done.stderr and "Traceback" not in done.stderr
+    assert time.monotonic() - start < 60

@@ -97,7 +97,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     cluster.add_argument(
         "--max-failures", type=int, default=2, help="retries of a failing trial from its last checkpoint (default: %(default)s)"
     )
-    cluster.add_argument("--address", default=None, help="address of a running Ray cluster (default: start a local one)")
+    cluster.add_argument(
+        "--address", default=None, help="address of a running Ray cluster, HOST:PORT (default: $RAY_ADDRESS, else a new local Ray)"
+    )
     job = parser.add_argument_group("job")
     job.add_argument("--storage-path", default="./runs/tune", help="experiment folder root, local or s3:// (default: %(default)s)")
     job.add_argument("--name", default=None, help="experiment name (default: <arch>-<time>); reuse it with --resume")
@@ -166,16 +168,38 @@ def _experiment_path(storage_path: str, name: str) -> str:
     return f"{root.rstrip('/')}/{name}"
 
 
+CONNECT_TIMEOUT_S = 15.0
+
+
 def _init_ray(address: str | None) -> None:
+    """--address, else $RAY_ADDRESS, else a new local Ray: never the cluster this machine last
+    started (Ray's own default reads /tmp/ray/ray_current_cluster, and hangs when it is gone)."""
     import ray
 
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    if address not in ("local", "auto") and "://" not in address:
+        _check_listening(address)  # ray.init retries a dead address for minutes, ignoring Ctrl-C
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     except ConnectionError as exc:
         raise UserError(
             f"Could not connect to the Ray cluster at {address}: {exc}. Start it with `ray start --head` or drop --address."
+        ) from exc
+
+
+def _check_listening(address: str) -> None:
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S):
+            return
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"Could not connect to the Ray cluster at {address} ({exc}). Start it with `ray start --head`, fix --address "
+            "(or $RAY_ADDRESS), or drop it to run on a new local Ray."
         ) from exc
 
 
