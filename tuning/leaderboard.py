@@ -14,13 +14,13 @@ Rules that keep the board fair:
 from __future__ import annotations
 
 import argparse
-import csv
 import html
-import io
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable
+
+import pandas as pd
 
 from fracture_models.errors import UserError
 from fracture_models.metrics import CATALOGUE, DEFAULT_SELECTION_METRIC, metric_mode
@@ -210,30 +210,38 @@ HEADERS = (
 )
 
 
-def _cells(job: Job) -> list[str]:
-    test = [f"{job.test[k]:.4f}" if k in job.test else "-" for k in TEST_COLUMNS]
-    return [
-        str(job.rank),
-        job.team,
-        job.user,
-        job.arch,
-        job.job,
-        f"{job.value:.4f}",
-        job.confirmed,
-        *test,
-        str(job.trials),
-        str(job.stopped_early),
-        f"{job.trial_hours:.2f}",
-        f"{job.gpu_hours:.2f}",
-        job.date,
-        job.link,
-    ]
+def _cells(job: Job) -> dict[str, str]:
+    """A job's row as text, by column name."""
+    test = {
+        header: f"{job.test[key]:.4f}" if key in job.test else "-" for header, key in zip(("test acc", "sens", "spec", "F1"), TEST_COLUMNS)
+    }
+    return {
+        "rank": str(job.rank),
+        "team": job.team,
+        "user": job.user,
+        "arch": job.arch,
+        "job": job.job,
+        "best": f"{job.value:.4f}",
+        "confirmed": job.confirmed,
+        **test,
+        "trials": str(job.trials),
+        "stopped": str(job.stopped_early),
+        "trial-h": f"{job.trial_hours:.2f}",
+        "GPU-h": f"{job.gpu_hours:.2f}",
+        "date": job.date,
+        "link": job.link,
+    }
 
 
-def _study_cells(row: dict) -> list[str]:
-    test = [f"{row[k]:.4f}" for k in TEST_COLUMNS]
+def _study_cells(row: dict) -> dict[str, str]:
+    """A reference row of the study's reported results; columns it has no value for read "-"."""
+    test = {header: f"{row[key]:.4f}" for header, key in zip(("test acc", "sens", "spec", "F1"), TEST_COLUMNS)}
     reported = f"the study: precision {row['reported_precision']:.4f}, recall {row['reported_recall']:.4f}, F1 {row['reported_f1']:.4f}"
-    return ["study", "(reported)", "-", row["arch"], reported, "-", "-", *test, "-", "-", "-", "-", "-", "-"]
+    return {**dict.fromkeys(HEADERS, "-"), "rank": "study", "team": "(reported)", "arch": row["arch"], "job": reported, **test}
+
+
+def _table(rows: list[dict[str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=list(HEADERS), dtype=str)
 
 
 def _caption(group: Group, metric: str) -> str:
@@ -263,41 +271,42 @@ def _markdown_cell(cell: str) -> str:
 
 def render(groups: list[Group], study: list[dict], metric: str, fmt: str, empty_hint: str) -> str:
     if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(["group_data_fingerprint", "group_image_size", "group_generated_data", *HEADERS])
-        for group in groups:
-            for job in group.jobs:
-                writer.writerow(
-                    [_csv_cell(c) for c in (group.data_fingerprint, group.image_size, str(group.generated_data).lower(), *_cells(job))]
-                )
-        for row in study:
-            writer.writerow(["", "", "", *(_csv_cell(c) for c in _study_cells(row))])
-        return out.getvalue()
+        frames = [
+            _table([_cells(job) for job in group.jobs]).assign(
+                group_data_fingerprint=group.data_fingerprint,
+                group_image_size=group.image_size,
+                group_generated_data=str(group.generated_data).lower(),
+            )
+            for group in groups
+        ]
+        frames.append(
+            _table([_study_cells(r) for r in study]).assign(group_data_fingerprint="", group_image_size="", group_generated_data="")
+        )
+        table = pd.concat(frames, ignore_index=True)
+        table = table[["group_data_fingerprint", "group_image_size", "group_generated_data", *HEADERS]]
+        return table.map(_csv_cell).to_csv(index=False, lineterminator="\r\n")
     if fmt == "html":
         return render_html(groups, study, metric, empty_hint)
-    blocks = []
-    if not groups:
-        blocks.append(empty_hint)
-    for group in groups:
-        rows = [_cells(job) for job in group.jobs]
-        blocks.append(_text_table(_caption(group, metric), rows, markdown=fmt == "markdown"))
-    blocks.append(
-        _text_table(
-            "The study's reported test results (reference, not ranked)", [_study_cells(r) for r in study], markdown=fmt == "markdown"
-        )
-    )
+    blocks = [] if groups else [empty_hint]
+    tables = [(_caption(g, metric), _table([_cells(job) for job in g.jobs])) for g in groups]
+    tables.append(("The study's reported test results (reference, not ranked)", _table([_study_cells(r) for r in study])))
+    for caption, table in tables:
+        blocks.append(_markdown_table(caption, table) if fmt == "markdown" else f"{caption}\n{_text(table)}")
     return "\n\n".join(blocks) + "\n"
 
 
-def _text_table(caption: str, rows: list[list[str]], *, markdown: bool) -> str:
-    if markdown:
-        lines = [f"**{caption}**", "", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-        lines += ["| " + " | ".join(_markdown_cell(cell) for cell in row) + " |" for row in rows]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(HEADERS)]
-    lines = [caption, "  ".join(h.ljust(w) for h, w in zip(HEADERS, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+def _text(table: pd.DataFrame) -> str:
+    """Left-aligned columns for a terminal."""
+    if table.empty:
+        return "  ".join(HEADERS)
+    return table.to_string(
+        index=False, justify="left", formatters={c: f"{{:<{max(len(c), table[c].str.len().max())}}}".format for c in table}
+    )
+
+
+def _markdown_table(caption: str, table: pd.DataFrame) -> str:
+    lines = [f"**{caption}**", "", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(_markdown_cell(cell) for cell in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines)
 
 
@@ -311,8 +320,11 @@ def render_html(
         .get_template("leaderboard.html")
         .render(
             headers=HEADERS,
-            groups=[{"caption": _caption(g, metric), "generated": g.generated_data, "rows": [_cells(j) for j in g.jobs]} for g in groups],
-            study=[_study_cells(r) for r in study],
+            groups=[
+                {"caption": _caption(g, metric), "generated": g.generated_data, "rows": [list(_cells(j).values()) for j in g.jobs]}
+                for g in groups
+            ],
+            study=[list(_study_cells(r).values()) for r in study],
             empty_hint=empty_hint,
             form=form,
             plot=plot,
