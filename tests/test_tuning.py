@@ -282,6 +282,14 @@ def test_interrupt_then_resume_runs_n_trials_none_twice(ray_session, tiny_downlo
     for t in finished_before:
         assert after[t.number].datetime_complete == t.datetime_complete
 
+    # Resuming the finished job says so and changes nothing: the test split was evaluated once, ever.
+    written = (tmp_path / "resumable" / "summary.json").stat().st_mtime_ns
+    assert main(command[3:]) == 0
+    assert "finished already" in capsys.readouterr().out
+    assert (tmp_path / "resumable" / "summary.json").stat().st_mtime_ns == written
+    assert len(client.get_metric_history(parents[0].info.run_id, "test_accuracy")) == 1
+    assert client.get_run(parents[0].info.run_id).info.status == "FINISHED"
+
 
 def test_existing_name_without_resume_is_refused(ray_session, tiny_download: Path, tmp_path: Path):
     (tmp_path / "taken").mkdir()

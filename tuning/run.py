@@ -282,6 +282,21 @@ class Interrupted(Exception):
     """A stage stopped before its trials or runs all ended (Ctrl-C); `--resume` continues it."""
 
 
+class AlreadyFinished(Exception):
+    """`--resume` of a job whose summary is written: there is nothing left to do."""
+
+
+def _finished(experiment: str) -> bool:
+    from tuning.summary import SUMMARY_FILE
+
+    if "://" not in experiment:
+        return (Path(experiment) / SUMMARY_FILE).is_file()
+    import pyarrow.fs
+
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(experiment)
+    return filesystem.get_file_info(f"{root}/{SUMMARY_FILE}").type == pyarrow.fs.FileType.File
+
+
 # ---------------------------------------------------------------------------------------------
 # Stages
 
@@ -305,6 +320,8 @@ def prepare(args: argparse.Namespace, given: set[str] | None) -> tuple[argparse.
     if args.resume:
         if not tune.Tuner.can_restore(experiment):
             raise UserError(f"Nothing to resume at {experiment}: check --name and --storage-path.")
+        if _finished(experiment):  # its winner was tested: test is touched once per job, ever
+            raise AlreadyFinished(f"{name} finished already; nothing to resume. Its results are in {experiment}/.")
         record = read_record(experiment)
         if record is not None:
             args = apply_record(args, record, given if given is not None else set(vars(args)))
@@ -690,7 +707,11 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None, given
     from tuning.summary import best_single_run, trial_rows
     from tuning.trainable import CHECKPOINT_SCORE
 
-    args, experiment, record, resources = prepare(args, given)
+    try:
+        args, experiment, record, resources = prepare(args, given)
+    except AlreadyFinished as done:
+        print(done)
+        return 0
     dataset, audit, dropped = load(args, record)
     job = open_job(args, experiment, record, resources, dataset, audit, dropped)
     trainable = make_trainable(job)
