@@ -59,7 +59,7 @@ def evaluate_checkpoint(
         plot_reliability(clinical["calibration"], folder / RELIABILITY_FILE, title=f"{config.arch}: reliability on test"),
         plot_heatmap_grid(panels, folder / GRADCAM_FILE, title=f"{config.arch}: Grad-CAM on test images, correct and wrong"),
     ]
-    return test, clinical, files
+    return test, clinical, [f for f in files if f is not None]
 
 
 def _with_interval(rate: dict) -> str:

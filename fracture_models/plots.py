@@ -6,8 +6,11 @@ file needs no display and leaves the backend of a notebook or application as it 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Sequence
+
+logger = logging.getLogger(__name__)
 
 
 def _figure(rows: int = 1, columns: int = 1, **kwargs):
@@ -17,7 +20,7 @@ def _figure(rows: int = 1, columns: int = 1, **kwargs):
     return figure, figure.subplots(rows, columns, **kwargs)
 
 
-def plot_confusion_matrix(confusion: dict, path: str | Path, title: str = "Confusion matrix") -> Path:
+def plot_confusion_matrix(confusion: dict, path: str | Path, title: str = "Confusion matrix") -> Path | None:
     """Counts with labelled axes (rows true class, columns predicted), as in `metrics`."""
     labels, matrix = confusion["labels"], confusion["matrix"]
     fig, ax = _figure(figsize=(4.6, 4.0), dpi=120)
@@ -35,7 +38,7 @@ def plot_confusion_matrix(confusion: dict, path: str | Path, title: str = "Confu
     return _save(fig, path)
 
 
-def plot_loss_curves(history: Sequence[dict], path: str | Path, title: str = "Loss") -> Path:
+def plot_loss_curves(history: Sequence[dict], path: str | Path, title: str = "Loss") -> Path | None:
     """Training and validation loss per epoch from a run's history."""
     epochs = [row["epoch"] for row in history]
     fig, ax = _figure(figsize=(5.5, 3.6), dpi=120)
@@ -59,7 +62,7 @@ def plot_learning_curves(
     title: str = "Trials",
     mode: str = "max",
     named: int = 5,
-) -> Path:
+) -> Path | None:
     """One line per trial (`name -> (epochs, values)`), coloured by the trial's best value (the
     colour bar reads it); a line that ends early ends with an x. The `named` best trials and
     `highlight` (drawn on top, black) are named in the legend, so every line can be identified.
@@ -104,15 +107,23 @@ def plot_learning_curves(
     return _save(fig, path)
 
 
-def _save(fig, path: str | Path, tight: bool = True) -> Path:
+def _save(fig, path: str | Path, tight: bool = True) -> Path | None:
+    """Write the PNG; a plot that cannot be written (disk full, no permission) is a warning, never
+    the end of a job whose results are already safe elsewhere. Returns the path, or None."""
     if tight:
         fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    try:
+        fig.savefig(path)
+    except OSError as exc:
+        logger.warning("Could not write the plot %s (%s); the job goes on without it.", path, exc)
+        if path.is_file() and not path.is_symlink():
+            path.unlink()  # no half-written PNG left behind
+        return None
     return path
 
 
-def plot_roc_curve(report: dict, path: str | Path, title: str = "ROC curve (test)") -> Path:
+def plot_roc_curve(report: dict, path: str | Path, title: str = "ROC curve (test)") -> Path | None:
     """The test ROC curve with its AUC interval, the 0.5 threshold and the validation-chosen operating point."""
     roc, auc = report["roc"], report["roc_auc"]
     fig, ax = _figure(figsize=(4.8, 4.6), dpi=120)
@@ -135,7 +146,7 @@ def plot_roc_curve(report: dict, path: str | Path, title: str = "ROC curve (test
     return _save(fig, path)
 
 
-def plot_reliability(calibration: dict, path: str | Path, title: str = "Reliability (test)") -> Path:
+def plot_reliability(calibration: dict, path: str | Path, title: str = "Reliability (test)") -> Path | None:
     """Accuracy against confidence per bin, before and after temperature scaling."""
     fig, ax = _figure(figsize=(4.8, 4.6), dpi=120)
     ax.plot([0.5, 1], [0.5, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
@@ -156,7 +167,7 @@ def plot_reliability(calibration: dict, path: str | Path, title: str = "Reliabil
     return _save(fig, path)
 
 
-def plot_heatmap_grid(panels: Sequence[dict], path: str | Path, title: str = "Grad-CAM") -> Path:
+def plot_heatmap_grid(panels: Sequence[dict], path: str | Path, title: str = "Grad-CAM") -> Path | None:
     """Images with their heatmaps overlaid; each panel has `image` [H, W] in 0..1, `heatmap`
     [H, W] in 0..1 and a `caption`."""
     columns = min(4, max(1, len(panels)))

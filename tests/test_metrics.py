@@ -65,3 +65,13 @@ def test_confusion_matrix_rebuilt_from_reported_counts():
     metrics = classification_metrics(labels, np.array([0.9, 0.8, 0.1, 0.7, 0.2, 0.3, 0.1]))
     row = {f"val_{k}": v for k, v in scalar_metrics(metrics).items()}
     assert confusion_from_counts(row, prefix="val_") == metrics["confusion_matrix"]
+
+
+def test_a_plot_that_cannot_be_written_is_a_warning_not_an_error(tmp_path, caplog):
+    # /dev/full answers every write with "No space left on device": a full disk, for real.
+    for name in ("confusion.png", "loss.png"):
+        (tmp_path / name).symlink_to("/dev/full")
+    confusion = {"labels": ["not fractured", "fractured"], "matrix": [[5, 1], [2, 4]]}
+    assert plot_confusion_matrix(confusion, tmp_path / "confusion.png") is None
+    assert plot_loss_curves([{"epoch": 1, "train_loss": 0.7, "val_loss": 0.8}], tmp_path / "loss.png") is None
+    assert "No space left on device" in caplog.text

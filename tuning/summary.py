@@ -199,7 +199,7 @@ def write_report(folder: Path, summary: dict, results: Iterable, study) -> list[
         plot_confusion_matrix(summary["test"]["confusion_matrix"], folder / TEST_CONFUSION_FILE, title=f"{summary['arch']}: winner on test")
     )
     files += optuna_plots(study, folder)
-    return files
+    return [f for f in files if f is not None]  # a plot that could not be written is only a warning
 
 
 def write_confirmation_table(confirmation: Mapping, path: Path) -> Path:
@@ -254,6 +254,9 @@ def optuna_plots(study, folder: Path) -> list[Path]:
             figure.savefig(folder / name, dpi=110)
             plt.close(figure)
             written.append(folder / name)
+        except OSError as exc:  # disk full: the job goes on without this plot
+            plt.close("all")
+            logger.warning("Could not write Optuna's plot %s (%s); the job goes on without it.", name, exc)
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. importances need 2+ complete trials
             logger.info("Optuna plot %s skipped: %s", name, exc)
     return written

@@ -250,15 +250,18 @@ class SearchTracker:
                 timestamp_ms=int(time.time() * 1000),
             )
             folder = self.files_dir(f"trial_{trial_id}")
-            plot_confusion_matrix(
-                confusion_from_counts(best, prefix="val_"),
-                folder / "confusion_matrix.png",
-                title=f"trial {trial_id}: validation, epoch {best['training_iteration']}",
-            )
             rows = [{"epoch": r["training_iteration"], "train_loss": r["train_loss"], "val_loss": r["val_loss"]} for r in history]
-            plot_loss_curves(rows, folder / "loss_curves.png", title=f"trial {trial_id}: loss")
-            self.submit("artifact", trial_id=trial_id, path=str(folder / "confusion_matrix.png"), artifact_path="plots")
-            self.submit("artifact", trial_id=trial_id, path=str(folder / "loss_curves.png"), artifact_path="plots")
+            plots = [
+                plot_confusion_matrix(
+                    confusion_from_counts(best, prefix="val_"),
+                    folder / "confusion_matrix.png",
+                    title=f"trial {trial_id}: validation, epoch {best['training_iteration']}",
+                ),
+                plot_loss_curves(rows, folder / "loss_curves.png", title=f"trial {trial_id}: loss"),
+            ]
+            for plot in plots:
+                if plot is not None:  # a plot that could not be written is a warning, not a lost trial record
+                    self.submit("artifact", trial_id=trial_id, path=str(plot), artifact_path="plots")
         self.submit("tags", trial_id=trial_id, tags=tags)
         self.submit("end", trial_id=trial_id, status="FAILED" if failed else "FINISHED")
 
