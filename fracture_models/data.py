@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 DATASET_FOLDER = "Bone_Fracture_Binary_Classification"
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 DEFAULT_MAX_BAD_FRACTION = 0.05
+# Caps per file, so that a small or sparse file cannot take the memory of every decode thread: the
+# dataset's radiographs are at most a few thousand px and a few MB.
+MAX_FILE_BYTES = 256 * 2**20
+MAX_PIXELS = 64_000_000  # e.g. 8000 x 8000; a 16-bit one decodes to 128 MB (256 MB windowed in float32)
 CACHE_FORMAT_VERSION = 1
 DATASET_URL = "https://www.kaggle.com/datasets/bmadushanirodrigo/fracture-multi-region-x-ray-data"
 
@@ -169,10 +173,22 @@ def list_split_files(root: Path, split: str) -> list[tuple[Path, int]]:
         images = sorted(
             p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
         )
+        images = [p for p in images if _utf8_name(p)]
         if not images:
             raise DatasetError(f"Class folder has no images: {class_dir}.")
         files.extend((p, label) for p in images)
     return files
+
+
+def _utf8_name(path: Path) -> bool:
+    """False (with a warning naming the file) for a name that is not valid UTF-8: it could not be
+    written to a report, a cache key or MLflow, so the file is left out rather than the job."""
+    try:
+        path.name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        logger.warning("Excluding %s: its file name is not valid UTF-8; rename it to include it.", ascii(str(path)))
+        return False
 
 
 def stat_fingerprint(files: Sequence[tuple[Path, int]], root: Path) -> str:
@@ -193,7 +209,7 @@ def to_8bit(image: Image.Image) -> Image.Image:
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         # As a radiology viewer windows it: the actual min..max maps to 0..255, never clipped.
-        values = np.asarray(image, dtype=np.float64)
+        values = np.asarray(image, dtype=np.float32)  # 16-bit values are exact in float32; half of float64's memory
         low, high = float(values.min()), float(values.max())
         scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
         return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
@@ -214,6 +230,9 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
     Raises on anything that does not fully decode (truncated, empty, not an image).
     """
     with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size  # from the header, before any pixel is decoded
+        if width * height > MAX_PIXELS:
+            raise ValueError(f"{width} x {height} px is more than the {MAX_PIXELS:,} pixels a file may have")
         if image.format == "JPEG":
             image.draft(image.mode, (size, size))  # decode at a reduced DCT scale: same pixels, less work
         image.load()
@@ -229,6 +248,9 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
 def _decode_file(path: Path, size: int) -> tuple[np.ndarray | None, str, str]:
     """(pixels or None, content sha256, reason if it failed)."""
     try:
+        size_bytes = path.stat().st_size
+        if size_bytes > MAX_FILE_BYTES:  # checked before reading: a sparse 4 GB file costs nothing to name
+            return None, "", f"{size_bytes:,} bytes, more than the {MAX_FILE_BYTES:,} a file may have"
         data = path.read_bytes()
     except OSError as exc:
         return None, "", f"unreadable: {exc}"

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import io
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -11,10 +13,15 @@ from PIL import Image
 
 from fracture_models.data import (
     DATASET_FOLDER,
+    MAX_FILE_BYTES,
     decode_image,
+    decode_split,
+    list_split_files,
     load_dataset,
     load_split,
     resolve_dataset_root,
+    stat_fingerprint,
+    to_8bit,
 )
 from fracture_models.errors import DatasetError
 from fracture_models.labels import CLASS_NAMES, POSITIVE_CLASS, POSITIVE_LABEL, SPLITS
@@ -175,3 +182,40 @@ def test_decoded_split_is_cached_and_invalidated_by_changes(small_copy: Path, is
         third = load_split(small_copy, "val", 24)
     assert not any("from cache" in r.getMessage() for r in caplog.records)
     assert third.fingerprint != first.fingerprint
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A small 16-bit PNG whose header claims width x height (a decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.new("I;16", (8, 8)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr : ihdr + 17])))
+    return bytes(data)
+
+
+def test_files_too_large_or_badly_named_are_excluded_and_named_not_decoded(small_copy: Path, caplog):
+    train = small_copy / "train" / "fractured"
+    (train / "bomb.png").write_bytes(_png_claiming(13_000, 13_000))  # 5.2 GB once decoded at float64
+    with open(train / "sparse.jpg", "wb") as sparse:
+        sparse.truncate(MAX_FILE_BYTES + 1)  # a sparse file: nothing on disk, huge if read
+    (small_copy / "train" / "not fractured" / os.fsdecode(b"bad\xffname.png")).write_bytes(_png_claiming(8, 8))
+
+    split = decode_split(small_copy, "train", 32, max_bad_fraction=0.5)
+    reasons = {Path(e.path).name: e.reason for e in split.excluded}
+    assert "more than the 64,000,000 pixels" in reasons["bomb.png"] and "13000 x 13000" in reasons["bomb.png"]
+    assert "bytes, more than the" in reasons["sparse.jpg"]
+    assert "not valid UTF-8" in caplog.text and "bad\\udcffname.png" in caplog.text
+    assert len(split) == 24  # every good file is kept
+    assert stat_fingerprint(list_split_files(small_copy, "train"), small_copy)  # no UnicodeEncodeError
+
+
+def test_sixteen_bit_images_are_windowed_to_their_value_range():
+    values = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000) + 5000
+    image = to_8bit(Image.fromarray(values))
+    out = np.asarray(image)
+    assert image.mode == "L" and out.min() == 0 and out.max() == 255  # the value range, windowed
