@@ -28,7 +28,7 @@ from pathlib import Path
 from fracture_models.cli import configure_logging, run_main
 from fracture_models.errors import UserError
 from fracture_models.records import redact_url
-from mlflow_server.app import AUTH_ENV
+from mlflow_server.app import AUTH_ENV, DEFAULT_MAX_REQUEST_MB, MAX_REQUEST_ENV
 from tuning.tracking.store import artifacts_dir, backend_uri, store_dir
 
 logger = logging.getLogger("mlflow_server")
@@ -64,6 +64,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=None,
         help="Host headers the server answers, comma-separated, wildcards allowed (e.g. 'mlflow.internal,mlflow.internal:*'); "
         "MLflow's default is localhost and private IP addresses, so a DNS name teammates use must be listed",
+    )
+    parser.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=DEFAULT_MAX_REQUEST_MB,
+        help="largest API request body in MB; larger ones get 413 (artifact uploads are not capped: a proxy in front sets "
+        "their limit) (default: %(default)s)",
     )
     return parser
 
@@ -222,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         env[AUTH_ENV] = "1"
     else:
         env.pop(AUTH_ENV, None)
+    env[MAX_REQUEST_ENV] = str(int(args.max_request_mb * 2**20))
     log_file = store / "logs" / f"server-{args.port}.log"
     log_file.parent.mkdir(exist_ok=True)
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"

@@ -12,6 +12,9 @@ import io
 import os
 
 AUTH_ENV = "FRACTURE_MLFLOW_AUTH"
+MAX_REQUEST_ENV = "FRACTURE_MLFLOW_MAX_REQUEST_BYTES"
+DEFAULT_MAX_REQUEST_MB = 8.0  # a search's largest write is a batch of 1,000 metrics, well under 1 MB
+ARTIFACT_ROUTES = ("/api/2.0/mlflow-artifacts/", "/ajax-api/2.0/mlflow-artifacts/")  # uploads: large by nature
 
 
 def create_app():
@@ -19,6 +22,7 @@ def create_app():
 
     if "fracture_leaderboard" not in app.view_functions:
         app.add_url_rule("/leaderboard", "fracture_leaderboard", leaderboard_page, methods=["GET"])
+        app.before_request(_cap_request_body)
     if os.environ.get(AUTH_ENV) == "1":
         from mlflow.server.auth import create_app as with_basic_auth
 
@@ -28,6 +32,22 @@ def create_app():
 
         return create_fastapi_app(app)
     return app
+
+
+def _cap_request_body():
+    """Refuse an API request body over the cap with 413 before it is read: one logged-in user's
+    200 MB JSON would otherwise take the worker's memory (and the server) down."""
+    from flask import Response, request
+
+    limit = int(os.environ.get(MAX_REQUEST_ENV) or DEFAULT_MAX_REQUEST_MB * 2**20)
+    if request.path.startswith(ARTIFACT_ROUTES):
+        return None
+    if (request.content_length or 0) > limit:
+        return Response(
+            f"Request body over {limit:,} bytes (python -m mlflow_server --max-request-mb)\n", status=413, mimetype="text/plain"
+        )
+    request.max_content_length = limit  # a body without Content-Length (chunked) is cut off at the cap too
+    return None
 
 
 def leaderboard_page():

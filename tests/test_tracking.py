@@ -349,3 +349,30 @@ def test_urls_are_recorded_without_passwords():
     assert redact_url("postgresql://mlflow:hunter2@db.internal:5432/mlflow") == "postgresql://mlflow:***@db.internal:5432/mlflow"
     assert redact_url("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
     assert redact_url("sqlite:////tmp/x/mlflow.db") == "sqlite:////tmp/x/mlflow.db"
+
+
+def test_an_oversized_request_gets_413_and_the_server_stays_up(tmp_path: Path):
+    server = MlflowServer(tmp_path / "store", "--max-request-mb", "2").start()
+    try:
+        body = b'{"max_results": 1, "filter": "' + b"x" * (20 * 2**20) + b'"}'
+        request = urllib.request.Request(
+            f"{server.url}/api/2.0/mlflow/experiments/search", data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
+        try:
+            with DIRECT.open(request, timeout=60) as response:
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except (ConnectionResetError, BrokenPipeError, urllib.error.URLError):
+            status = "connection closed"
+        assert status == 413
+        assert server.healthy()
+        # Ordinary requests and artifact uploads still work.
+        client = MlflowClient(server.url)
+        run = client.create_run(client.create_experiment("after-413"))
+        big = tmp_path / "artifact.bin"
+        big.write_bytes(b"\0" * (3 * 2**20))  # over the 2 MB cap: uploads are not capped
+        client.log_artifact(run.info.run_id, str(big))
+        assert [f.path for f in client.list_artifacts(run.info.run_id)] == ["artifact.bin"]
+    finally:
+        server.stop()
