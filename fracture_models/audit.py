@@ -6,23 +6,27 @@
 * Near-duplicates (re-encoded, resized, flipped, turned, scaled, shifted, cropped, re-exposed
   copies) in three steps. The scan's single decode keeps a 128 px grey thumbnail (uint8, aspect
   kept) and ORB keypoints with binary descriptors of the image at 256 px and of its mirror image.
-  Candidates: close perceptual hashes (over the four flips); each image's `CANDIDATES` best of its
-  `SHORTLIST` nearest neighbours by a shift-, rotation-, scale- and mirror-free spectrum; and each
-  image's `VOTED_PER_IMAGE` partners sharing the most ORB descriptors (`voted_pairs`, hashed
-  votes), which proposes turned and cropped copies that global descriptors rank below same-pose
+  Candidates: each image's `HASH_CANDIDATES` closest perceptual hashes (over the four flips)
+  within `HASH_CANDIDATE_BITS`; each image's `CANDIDATES` best of its `SHORTLIST` nearest
+  neighbours by a shift-, rotation-, scale- and mirror-free spectrum; and each image's
+  `VOTED_PER_IMAGE` partners sharing the most ORB descriptors (`descriptor_votes`, hashed votes),
+  which proposes turned and cropped copies that global descriptors rank below same-pose
   look-alikes.
-  Geometric check (`geometric_inliers`, about 1.4 ms a pair): the ORB matches that one similarity
-  of a copy's range (turn within 12 degrees of 0 or 180, scale 0.65-1.55) lays on each other, by
-  RANSAC. Only pairs with >= `MIN_INLIERS` that are among one member's `REGISTERED_PER_IMAGE` best
-  go on (copies had >= 28 on both benchmark generators; 99.9% of distinct candidates of the
-  project's generator have < 20, while same-pose look-alikes reach 99 against copies' >= 102, so
-  the count ranks but does not decide).
+  Geometric check (`geometric_check`, about 1 ms a pair on two cores, nearly all of it descriptor
+  matching): the ORB matches that one similarity of a copy's range (turn within 12 degrees of 0
+  or 180, scale 0.65-1.55) lays on each other, by RANSAC, for b and its mirror image, or only
+  the view whose votes are decisive (`DescriptorVotes.orientations`). Only pairs with >=
+  `MIN_INLIERS` that are among one member's `REGISTERED_PER_IMAGE` best go on (copies had >= 28
+  on both benchmark generators; 99.9% of distinct candidates of the project's generator have
+  < 20, while same-pose look-alikes reach 99 against copies' >= 102, so the count ranks but does
+  not decide).
   Confirmed: b is registered on a (`register`, seeded with the geometric check's similarity by
-  `orb_similarity` and refined by Gauss-Newton at 128 px), and over the overlap (`match`) the fine detail (band-pass 0.8-2.5 px) correlates
-  at >= `DEFAULT_MIN_DETAIL_CORRELATION` and the grain of the flattest half of 16 px patches
-  (band-pass 1.2-3.0 px) at >= `MIN_GRAIN_CORRELATION`. Margins (benchmarks/README.md, "Audit
+  `orb_similarity` and refined by Gauss-Newton at 128 px), and over the overlap (`match`) the
+  fine detail (band-pass 0.8-2.5 px) correlates at >= `DEFAULT_MIN_DETAIL_CORRELATION` and the
+  grain of the flattest half of 16 px patches (band-pass 1.2-3.0 px) at >=
+  `MIN_GRAIN_CORRELATION`. Margins (benchmarks/README.md, "Audit
   accuracy"): copies detail >= 0.915 (project) / 0.923 (look-alikes), distinct pairs reaching
-  this step <= 0.861 / 0.932; look-alike copies grain p5 0.69, the 4 distinct same-class
+  this step <= 0.918 / 0.932; look-alike copies grain p5 0.79, the 4 distinct same-class
   look-alike pairs with detail >= 0.92 have grain 0.63-0.95 (the remaining false groups); project
   copies grain min 0.566, 3 below 0.6 are missed. No distinct pair of different classes confirmed.
 * A shortcut is a file attribute (format, mode, width, height) whose value predicts the class:
@@ -64,6 +68,7 @@ AUDIT_VERSION = 4
 HASH_SIDE = 32  # the grey image is reduced to 32 x 32 before the DCT
 HASH_BITS = 8  # the 8 x 8 lowest frequencies give a 64-bit hash
 HASH_CANDIDATE_BITS = 8  # pairs within this many bits of 64 are candidates
+HASH_CANDIDATES = 3  # of those, each image's closest: same-pose look-alikes are hash-close by the thousand
 THUMB_SIDE = 128  # the grey thumbnail kept per image (uint8, aspect kept, centred on a square)
 COARSE_SIDE = 64  # registration is searched at half the thumbnail's resolution, then refined
 LOG_POLAR_SHAPE = (64, 32)  # angles over 180 degrees x log-spaced radii of the spectrum
@@ -83,6 +88,8 @@ VOTE_TABLES = 8  # hash tables of the descriptor vote; each keys on VOTE_KEY_BYT
 VOTE_KEY_BYTES = 3
 VOTE_BUCKET_CAP = 16  # buckets fuller than this hold common structure (edges, markers): no vote
 VOTED_PER_IMAGE = 8  # each image's best-voted partners become candidates
+MIN_DECISIVE_VOTES = 16  # a pair's plain or mirror votes decide which view is matched when this many
+DECISIVE_VOTE_RATIO = 4  # and this many times the other view's
 MAX_DESCRIPTOR_DISTANCE = 64  # of 256 bits, for a descriptor match to enter RANSAC
 MAX_TURN_DEGREES = 12  # the copy's rotation (or 180 degrees more): planted copies turn up to 10
 SCALE_RANGE = (0.65, 1.55)  # the copy's scale: 0.8-1.25 times a crop of up to 8%
@@ -294,8 +301,10 @@ def _mirrored(polar_fft: np.ndarray) -> np.ndarray:
 
 
 def _phase_correlation(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
+    import scipy.fft
+
     cross = fa * np.conj(fb)
-    return np.real(np.fft.ifft2(cross / (np.abs(cross) + 1e-9), axes=(-2, -1)))
+    return np.real(scipy.fft.ifft2(cross / (np.abs(cross) + 1e-9), axes=(-2, -1), workers=-1))
 
 
 def _scale_limit() -> int:
@@ -520,8 +529,7 @@ def match(
 
 
 def _popcount(values: np.ndarray) -> np.ndarray:
-    as_bytes = values.view(np.uint8).reshape(*values.shape, 8)
-    return np.unpackbits(as_bytes, axis=-1).sum(-1)
+    return np.bitwise_count(values)
 
 
 def _polar_ffts(thumbs: Thumbnails, usable: np.ndarray) -> np.ndarray:
@@ -538,22 +546,30 @@ def _invariants(polar_ffts: np.ndarray) -> np.ndarray:
 
 
 def candidate_pairs(records: Sequence[ImageRecord], thumbs: Thumbnails, chunk: int = 512) -> set[tuple[int, int]]:
+    """Pairs (i < j) worth registering (`_candidates`)."""
+    return _candidates(records, thumbs, chunk)[0]
+
+
+def _candidates(records: Sequence[ImageRecord], thumbs: Thumbnails, chunk: int = 512) -> tuple[set[tuple[int, int]], "DescriptorVotes | None"]:
     """Pairs (i < j) worth registering: close perceptual hashes under some flip (re-encoded,
     resized, flipped copies), and each image's CANDIDATES best of its SHORTLIST nearest
     neighbours by the shift-, rotation-, scale- and mirror-free spectrum, ranked by how well
     their log-polar spectra correlate (turned, scaled, shifted, cropped copies)."""
     usable = np.array([i for i, r in enumerate(records) if not r.error], dtype=np.int64)
     if len(usable) < 2:
-        return set()
+        return set(), None
     hashes = np.array([[int(h, 16) for h in records[i].phash] for i in usable], dtype=np.uint64)
     polar = _polar_ffts(thumbs, usable)
     invariants = _invariants(polar)
     shortlist, keep = min(SHORTLIST, len(usable) - 1), min(CANDIDATES, len(usable) - 1)
+    hash_keep = min(HASH_CANDIDATES, len(usable) - 1)
     pairs: set[tuple[int, int]] = set()
     for start in range(0, len(usable), chunk):
         rows = np.arange(start, min(start + chunk, len(usable)))
         bits = _popcount(hashes[rows, 0][:, None, None] ^ hashes[None, :, :]).min(-1)
-        close = list(zip(*np.nonzero(bits <= HASH_CANDIDATE_BITS)))
+        bits[np.arange(len(rows)), rows] = 64
+        closest = np.argpartition(bits, hash_keep - 1, axis=1)[:, :hash_keep]
+        close = [(r, n) for r, n in zip(np.repeat(np.arange(len(rows)), hash_keep), closest.ravel()) if bits[r, n] <= HASH_CANDIDATE_BITS]
         similarity = invariants[rows] @ invariants.T
         similarity[np.arange(len(rows)), rows] = -np.inf
         nearest = np.argpartition(-similarity, shortlist - 1, axis=1)[:, :shortlist]
@@ -564,22 +580,67 @@ def candidate_pairs(records: Sequence[ImageRecord], thumbs: Thumbnails, chunk: i
             i, j = int(usable[rows[a]]), int(usable[b])
             if i != j:
                 pairs.add((min(i, j), max(i, j)))
-    return pairs | voted_pairs(thumbs, usable)
+    votes = descriptor_votes(thumbs, usable)
+    return pairs | votes.best_pairs(), votes
+
+
+@dataclass(frozen=True)
+class DescriptorVotes:
+    """ORB descriptor votes of image pairs (`descriptor_votes`): `pairs` sorted keys a * n + b
+    (a < b, positions in `usable`), votes of their own descriptors (`direct`) and of one's
+    mirror image against the other (`mirror`)."""
+
+    usable: np.ndarray
+    pairs: np.ndarray
+    direct: np.ndarray
+    mirror: np.ndarray
+
+    def best_pairs(self) -> set[tuple[int, int]]:
+        """Each image's VOTED_PER_IMAGE partners with the most votes (both kinds)."""
+        n, votes = len(self.usable), self.direct + self.mirror
+        first, second = self.pairs // n, self.pairs % n
+        taken, chosen = np.zeros(n, np.int64), set()
+        for k in np.argsort(-votes, kind="stable"):
+            a, b = first[k], second[k]
+            if taken[a] < VOTED_PER_IMAGE or taken[b] < VOTED_PER_IMAGE:
+                taken[a] += 1
+                taken[b] += 1
+                chosen.add((int(self.usable[a]), int(self.usable[b])))
+        return chosen
+
+    def orientations(self, i: int, j: int) -> tuple[bool, ...]:
+        """Which of b's views (plain, mirror image) the geometric check of files i, j matches:
+        only the one with the most votes when it has at least MIN_DECISIVE_VOTES and
+        DECISIVE_VOTE_RATIO times the other's (all look-alike copies so), else both."""
+        n = len(self.usable)
+        a, b = sorted(np.searchsorted(self.usable, (i, j)))
+        k = np.searchsorted(self.pairs, a * n + b)
+        if k == len(self.pairs) or self.pairs[k] != a * n + b:
+            return (False, True)
+        direct, mirror = int(self.direct[k]), int(self.mirror[k])
+        if max(direct, mirror) >= MIN_DECISIVE_VOTES and max(direct, mirror) >= DECISIVE_VOTE_RATIO * min(direct, mirror):
+            return (mirror > direct,)
+        return (False, True)
 
 
 def voted_pairs(thumbs: Thumbnails, usable: np.ndarray, seed: int = 0) -> set[tuple[int, int]]:
-    """Each image's VOTED_PER_IMAGE partners sharing the most ORB descriptors (its own or its
-    mirror image's), counted by locality-sensitive hashing: a descriptor votes for every image
-    with a descriptor of the same key (VOTE_KEY_BYTES of its bytes) in each of VOTE_TABLES
-    tables. A copy shares its texture's descriptors; a look-alike mostly its outline's."""
+    """Each image's VOTED_PER_IMAGE partners sharing the most ORB descriptors (`descriptor_votes`)."""
+    return descriptor_votes(thumbs, usable, seed).best_pairs()
+
+
+def descriptor_votes(thumbs: Thumbnails, usable: np.ndarray, seed: int = 0) -> DescriptorVotes:
+    """How many ORB descriptors each pair of images shares (its own or its mirror image's),
+    counted by locality-sensitive hashing: a descriptor votes for every image with a
+    descriptor of the same key (VOTE_KEY_BYTES of its bytes) in each of VOTE_TABLES tables.
+    A copy shares its texture's descriptors; a look-alike mostly its outline's."""
     features = [thumbs.features[i] for i in usable]
     owners = np.concatenate([np.full(len(f.descriptors), k) for k, f in enumerate(features)])
     mirror_owners = np.concatenate([np.full(len(f.mirror_descriptors), k) for k, f in enumerate(features)])
     descriptors = np.concatenate([f.descriptors for f in features])
     mirrored = np.concatenate([f.mirror_descriptors for f in features])
     if len(descriptors) == 0:
-        return set()
-    n, rng, keys = len(features), np.random.default_rng(seed), []
+        return DescriptorVotes(usable, *np.zeros((3, 0), np.int64))
+    n, rng, keys = len(features), np.random.default_rng(seed), ([], [])
     for _ in range(VOTE_TABLES):
         columns = rng.choice(descriptors.shape[1], VOTE_KEY_BYTES, replace=False)
 
@@ -587,11 +648,11 @@ def voted_pairs(thumbs: Thumbnails, usable: np.ndarray, seed: int = 0) -> set[tu
             return (x[:, columns].astype(np.int64) << (8 * np.arange(VOTE_KEY_BYTES))).sum(1)
 
         indexed = key(descriptors)
-        order = np.argsort(indexed, kind="stable")
-        indexed, indexed_owners = indexed[order], owners[order]
-        for query, query_owners in ((key(descriptors), owners), (key(mirrored), mirror_owners)):
-            low, high = np.searchsorted(indexed, query, "left"), np.searchsorted(indexed, query, "right")
-            size = high - low
+        indexed_owners = owners[np.argsort(indexed, kind="stable")]
+        bucket_sizes = np.bincount(indexed, minlength=1 << (8 * VOTE_KEY_BYTES))  # keys index their buckets directly
+        bucket_starts = np.cumsum(bucket_sizes) - bucket_sizes
+        for kind, (query, query_owners) in enumerate(((key(descriptors), owners), (key(mirrored), mirror_owners))):
+            low, size = bucket_starts[query], bucket_sizes[query]
             voting = (size > 0) & (size <= VOTE_BUCKET_CAP)
             size = size[voting]
             voter = np.repeat(query_owners[voting], size)
@@ -599,17 +660,12 @@ def voted_pairs(thumbs: Thumbnails, usable: np.ndarray, seed: int = 0) -> set[tu
             other = indexed_owners[position]
             keep = voter != other
             a, b = np.minimum(voter[keep], other[keep]), np.maximum(voter[keep], other[keep])
-            keys.append(a * n + b)
-    pairs, votes = np.unique(np.concatenate(keys), return_counts=True)
-    first, second = pairs // n, pairs % n
-    taken, chosen = np.zeros(n, np.int64), set()
-    for k in np.argsort(-votes, kind="stable"):
-        a, b = first[k], second[k]
-        if taken[a] < VOTED_PER_IMAGE or taken[b] < VOTED_PER_IMAGE:
-            taken[a] += 1
-            taken[b] += 1
-            chosen.add((int(usable[a]), int(usable[b])))
-    return chosen
+            keys[kind].append(a * n + b)
+    direct, mirror = (np.concatenate(k) if k else np.zeros(0, np.int64) for k in keys)
+    pairs, inverse = np.unique(np.concatenate([direct, mirror]), return_inverse=True)
+    counts = np.bincount(inverse, weights=np.repeat([1, 0], [len(direct), len(mirror)]), minlength=len(pairs)).astype(np.int64)
+    total = np.bincount(inverse, minlength=len(pairs))
+    return DescriptorVotes(usable, pairs, counts, total - counts)
 
 
 @dataclass(frozen=True)
@@ -623,14 +679,15 @@ class GeometricCheck:
     transform: np.ndarray | None = None
 
 
-def geometric_check(a: LocalFeatures, b: LocalFeatures) -> GeometricCheck:
+def geometric_check(a: LocalFeatures, b: LocalFeatures, orientations: tuple[bool, ...] = (False, True)) -> GeometricCheck:
     """How many of b's ORB matches (b or its mirror image) a single similarity transform of a
     copy's range (turn within MAX_TURN_DEGREES of 0 or 180, scale in SCALE_RANGE) lays on a's,
     by RANSAC, and that transform; 0 inliers when the best transform is not a copy's."""
     import cv2
 
     matcher, best = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True), GeometricCheck(0)
-    for mirror, points, descriptors in ((False, b.points, b.descriptors), (True, b.mirror_points, b.mirror_descriptors)):
+    for mirror in orientations:
+        points, descriptors = (b.mirror_points, b.mirror_descriptors) if mirror else (b.points, b.descriptors)
         if len(a.descriptors) < 4 or len(descriptors) < 4:
             continue
         matches = [m for m in matcher.match(a.descriptors, descriptors) if m.distance <= MAX_DESCRIPTOR_DISTANCE]
@@ -684,10 +741,16 @@ def _best_per_image(inliers: dict[tuple[int, int], int]) -> set[tuple[int, int]]
 
 def near_duplicate_scores(records: Sequence[ImageRecord], thumbs: Thumbnails, num_workers: int | None = None) -> dict[tuple[int, int], Match]:
     """The `match` of the candidate pairs of distinct files that pass the geometric check."""
-    pairs = [(i, j) for i, j in sorted(candidate_pairs(records, thumbs)) if records[i].sha256 != records[j].sha256]
+    candidates, votes = _candidates(records, thumbs)
+    pairs = [(i, j) for i, j in sorted(candidates) if records[i].sha256 != records[j].sha256]
     workers = num_workers or min(8, os.cpu_count() or 1)
+
+    def check(pair: tuple[int, int]) -> GeometricCheck:
+        i, j = pair
+        return geometric_check(thumbs.features[i], thumbs.features[j], votes.orientations(i, j) if votes else (False, True))
+
     with ThreadPoolExecutor(max_workers=workers) as pool:  # OpenCV releases the GIL
-        checks = dict(zip(pairs, pool.map(lambda pair: geometric_check(thumbs.features[pair[0]], thumbs.features[pair[1]]), pairs)))
+        checks = dict(zip(pairs, pool.map(check, pairs)))
     chosen = sorted(_best_per_image({pair: check.inliers for pair, check in checks.items()}))
 
     def confirm(pair: tuple[int, int]) -> Match:
