@@ -15,7 +15,10 @@
   Geometric check (`geometric_check`, about 1 ms a pair on two cores, nearly all of it descriptor
   matching): the ORB matches that one similarity of a copy's range (turn within 12 degrees of 0
   or 180, scale 0.65-1.55) lays on each other, by RANSAC, for b and its mirror image, or only
-  the view whose votes are decisive (`DescriptorVotes.orientations`). Only pairs with >=
+  the view whose votes are decisive (`DescriptorVotes.orientations`); pairs with few votes are
+  screened first on half of a's descriptors (>= `SCREEN_MIN_INLIERS`: copies had >= 14, 98% of
+  the project's distinct candidates fewer; same-pose look-alikes pass, so pairs with many votes
+  skip the screen). Only pairs with >=
   `MIN_INLIERS` that are among one member's `REGISTERED_PER_IMAGE` best go on (copies had >= 28
   on both benchmark generators; 99.9% of distinct candidates of the project's generator have
   < 20, while same-pose look-alikes reach 99 against copies' >= 102, so the count ranks but does
@@ -94,6 +97,8 @@ MAX_DESCRIPTOR_DISTANCE = 64  # of 256 bits, for a descriptor match to enter RAN
 MAX_TURN_DEGREES = 12  # the copy's rotation (or 180 degrees more): planted copies turn up to 10
 SCALE_RANGE = (0.65, 1.55)  # the copy's scale: 0.8-1.25 times a crop of up to 8%
 MIN_INLIERS = 20  # geometrically consistent matches before a pair is registered in full
+SCREEN_MIN_INLIERS = 8  # from half of a's descriptors: copies >= 14, 98% of distinct project pairs < 8
+SCREEN_BELOW_VOTES = 16  # pairs with fewer descriptor votes are screened first (same-pose look-alikes pass it)
 REGISTERED_PER_IMAGE = 2  # only each image's best pairs by inliers are registered in full
 SEEDED_REFINE_STEPS = 3  # Gauss-Newton steps at THUMB_SIDE from the geometric check's transform
 SHORTCUT_ATTRIBUTES = ("format", "mode", "width", "height")
@@ -608,16 +613,20 @@ class DescriptorVotes:
                 chosen.add((int(self.usable[a]), int(self.usable[b])))
         return chosen
 
-    def orientations(self, i: int, j: int) -> tuple[bool, ...]:
-        """Which of b's views (plain, mirror image) the geometric check of files i, j matches:
-        only the one with the most votes when it has at least MIN_DECISIVE_VOTES and
-        DECISIVE_VOTE_RATIO times the other's (all look-alike copies so), else both."""
+    def of(self, i: int, j: int) -> tuple[int, int]:
+        """The plain and mirror votes of files i, j."""
         n = len(self.usable)
         a, b = sorted(np.searchsorted(self.usable, (i, j)))
         k = np.searchsorted(self.pairs, a * n + b)
         if k == len(self.pairs) or self.pairs[k] != a * n + b:
-            return (False, True)
-        direct, mirror = int(self.direct[k]), int(self.mirror[k])
+            return 0, 0
+        return int(self.direct[k]), int(self.mirror[k])
+
+    def orientations(self, i: int, j: int) -> tuple[bool, ...]:
+        """Which of b's views (plain, mirror image) the geometric check of files i, j matches:
+        only the one with the most votes when it has at least MIN_DECISIVE_VOTES and
+        DECISIVE_VOTE_RATIO times the other's (all look-alike copies so), else both."""
+        direct, mirror = self.of(i, j)
         if max(direct, mirror) >= MIN_DECISIVE_VOTES and max(direct, mirror) >= DECISIVE_VOTE_RATIO * min(direct, mirror):
             return (mirror > direct,)
         return (False, True)
@@ -679,30 +688,42 @@ class GeometricCheck:
     transform: np.ndarray | None = None
 
 
-def geometric_check(a: LocalFeatures, b: LocalFeatures, orientations: tuple[bool, ...] = (False, True)) -> GeometricCheck:
+def geometric_check(a: LocalFeatures, b: LocalFeatures, orientations: tuple[bool, ...] = (False, True), screen: bool = False) -> GeometricCheck:
     """How many of b's ORB matches (b or its mirror image) a single similarity transform of a
     copy's range (turn within MAX_TURN_DEGREES of 0 or 180, scale in SCALE_RANGE) lays on a's,
-    by RANSAC, and that transform; 0 inliers when the best transform is not a copy's."""
-    import cv2
-
-    matcher, best = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True), GeometricCheck(0)
+    by RANSAC, and that transform; 0 inliers when the best transform is not a copy's. With
+    `screen`, a view is first matched from every other descriptor of a's (half the cost) and
+    dropped below SCREEN_MIN_INLIERS there."""
+    best = GeometricCheck(0)
     for mirror in orientations:
         points, descriptors = (b.mirror_points, b.mirror_descriptors) if mirror else (b.points, b.descriptors)
-        if len(a.descriptors) < 4 or len(descriptors) < 4:
+        if screen and _similarity_inliers(a.points[::2], a.descriptors[::2], points, descriptors)[0] < SCREEN_MIN_INLIERS:
             continue
-        matches = [m for m in matcher.match(a.descriptors, descriptors) if m.distance <= MAX_DESCRIPTOR_DISTANCE]
-        if len(matches) < 4:
-            continue
-        source = points[[m.trainIdx for m in matches]]
-        target = a.points[[m.queryIdx for m in matches]]
-        transform, inliers = cv2.estimateAffinePartial2D(source, target, method=cv2.RANSAC, ransacReprojThreshold=3.0, maxIters=1000)
-        if transform is None:
-            continue
-        turn = abs(np.degrees(np.arctan2(transform[1, 0], transform[0, 0])))
-        scale = float(np.hypot(transform[0, 0], transform[1, 0]))
-        if min(turn, 180 - turn) <= MAX_TURN_DEGREES and SCALE_RANGE[0] <= scale <= SCALE_RANGE[1] and int(inliers.sum()) > best.inliers:
-            best = GeometricCheck(int(inliers.sum()), mirror, transform)
+        inliers, transform = _similarity_inliers(a.points, a.descriptors, points, descriptors)
+        if inliers > best.inliers:
+            best = GeometricCheck(inliers, mirror, transform)
     return best
+
+
+def _similarity_inliers(a_points: np.ndarray, a_descriptors: np.ndarray, points: np.ndarray, descriptors: np.ndarray) -> tuple[int, np.ndarray | None]:
+    """RANSAC inliers and transform of the cross-checked matches, when the transform is a copy's."""
+    import cv2
+
+    if len(a_descriptors) < 4 or len(descriptors) < 4:
+        return 0, None
+    matches = [m for m in cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(a_descriptors, descriptors) if m.distance <= MAX_DESCRIPTOR_DISTANCE]
+    if len(matches) < 4:
+        return 0, None
+    source = points[[m.trainIdx for m in matches]]
+    target = a_points[[m.queryIdx for m in matches]]
+    transform, inliers = cv2.estimateAffinePartial2D(source, target, method=cv2.RANSAC, ransacReprojThreshold=3.0, maxIters=1000)
+    if transform is None:
+        return 0, None
+    turn = abs(np.degrees(np.arctan2(transform[1, 0], transform[0, 0])))
+    scale = float(np.hypot(transform[0, 0], transform[1, 0]))
+    if min(turn, 180 - turn) <= MAX_TURN_DEGREES and SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
+        return int(inliers.sum()), transform
+    return 0, None
 
 
 def geometric_inliers(a: LocalFeatures, b: LocalFeatures) -> int:
@@ -747,7 +768,10 @@ def near_duplicate_scores(records: Sequence[ImageRecord], thumbs: Thumbnails, nu
 
     def check(pair: tuple[int, int]) -> GeometricCheck:
         i, j = pair
-        return geometric_check(thumbs.features[i], thumbs.features[j], votes.orientations(i, j) if votes else (False, True))
+        if votes is None:
+            return geometric_check(thumbs.features[i], thumbs.features[j])
+        screen = sum(votes.of(i, j)) < SCREEN_BELOW_VOTES
+        return geometric_check(thumbs.features[i], thumbs.features[j], votes.orientations(i, j), screen)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:  # OpenCV releases the GIL
         checks = dict(zip(pairs, pool.map(check, pairs)))
