@@ -16,8 +16,8 @@
   matching): the ORB matches that one similarity of a copy's range (turn within 12 degrees of 0
   or 180, scale 0.65-1.55) lays on each other, by RANSAC, for b and its mirror image, or only
   the view whose votes are decisive (`DescriptorVotes.orientations`); pairs with few votes are
-  screened first on half of a's descriptors (>= `SCREEN_MIN_INLIERS`: copies had >= 14, 98% of
-  the project's distinct candidates fewer; same-pose look-alikes pass, so pairs with many votes
+  screened first on a third of a's descriptors (>= `SCREEN_MIN_INLIERS`: copies had >= 10, 97%
+  of the project's distinct candidates fewer; same-pose look-alikes pass, so pairs with many votes
   skip the screen). Only pairs with >=
   `MIN_INLIERS` that are among one member's `REGISTERED_PER_IMAGE` best go on (copies had >= 28
   on both benchmark generators; 99.9% of distinct candidates of the project's generator have
@@ -97,7 +97,8 @@ MAX_DESCRIPTOR_DISTANCE = 64  # of 256 bits, for a descriptor match to enter RAN
 MAX_TURN_DEGREES = 12  # the copy's rotation (or 180 degrees more): planted copies turn up to 10
 SCALE_RANGE = (0.65, 1.55)  # the copy's scale: 0.8-1.25 times a crop of up to 8%
 MIN_INLIERS = 20  # geometrically consistent matches before a pair is registered in full
-SCREEN_MIN_INLIERS = 8  # from half of a's descriptors: copies >= 14, 98% of distinct project pairs < 8
+SCREEN_STRIDE = 3  # the screen matches every third descriptor of one image's
+SCREEN_MIN_INLIERS = 6  # there: copies had >= 10, 97% of distinct project candidates < 6
 SCREEN_BELOW_VOTES = 16  # pairs with fewer descriptor votes are screened first (same-pose look-alikes pass it)
 REGISTERED_PER_IMAGE = 2  # only each image's best pairs by inliers are registered in full
 SEEDED_REFINE_STEPS = 3  # Gauss-Newton steps at THUMB_SIDE from the geometric check's transform
@@ -692,12 +693,12 @@ def geometric_check(a: LocalFeatures, b: LocalFeatures, orientations: tuple[bool
     """How many of b's ORB matches (b or its mirror image) a single similarity transform of a
     copy's range (turn within MAX_TURN_DEGREES of 0 or 180, scale in SCALE_RANGE) lays on a's,
     by RANSAC, and that transform; 0 inliers when the best transform is not a copy's. With
-    `screen`, a view is first matched from every other descriptor of a's (half the cost) and
-    dropped below SCREEN_MIN_INLIERS there."""
+    `screen`, a view is first matched from every SCREEN_STRIDE-th descriptor of a's and dropped
+    below SCREEN_MIN_INLIERS there."""
     best = GeometricCheck(0)
     for mirror in orientations:
         points, descriptors = (b.mirror_points, b.mirror_descriptors) if mirror else (b.points, b.descriptors)
-        if screen and _similarity_inliers(a.points[::2], a.descriptors[::2], points, descriptors)[0] < SCREEN_MIN_INLIERS:
+        if screen and _similarity_inliers(a.points[::SCREEN_STRIDE], a.descriptors[::SCREEN_STRIDE], points, descriptors)[0] < SCREEN_MIN_INLIERS:
             continue
         inliers, transform = _similarity_inliers(a.points, a.descriptors, points, descriptors)
         if inliers > best.inliers:
