@@ -67,7 +67,7 @@ from fracture_models.records import write_json
 
 logger = logging.getLogger(__name__)
 
-AUDIT_VERSION = 4
+AUDIT_VERSION = 5
 HASH_SIDE = 32  # the grey image is reduced to 32 x 32 before the DCT
 HASH_BITS = 8  # the 8 x 8 lowest frequencies give a 64-bit hash
 HASH_CANDIDATE_BITS = 8  # pairs within this many bits of 64 are candidates
