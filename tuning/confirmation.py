@@ -236,11 +236,13 @@ def format_confirmation(confirmation: Mapping) -> list[str]:
     lines = [
         f"Confirmation: the top {sum(not c['is_baseline'] for c in confirmation['configurations'])} configurations and the baseline, "
         f"retrained with seeds "
-        f"{', '.join(map(str, confirmation['seeds']))} ({len(confirmation['planned'])} extra runs, {confirmation['extra_epochs']} epochs = "
+        f"{', '.join(map(str, confirmation['seeds']))} ({len(confirmation['planned'])} extra run{'' if len(confirmation['planned']) == 1 else 's'}, "
+        f"{confirmation['extra_epochs']} epochs = "
         f"{confirmation['extra_fraction']:.0%} of the search's {confirmation['search_epochs']}).",
     ]
     if confirmation["runs_left_out_by_budget"]:
-        lines.append(f"  {confirmation['runs_left_out_by_budget']} planned runs did not fit --confirm-budget {confirmation['budget']:g}.")
+        left = confirmation["runs_left_out_by_budget"]
+        lines.append(f"  {left} planned run{'' if left == 1 else 's'} did not fit --confirm-budget {confirmation['budget']:g}.")
     lines.append(f"  {'trial':>12}  {'runs':>4}  {f'mean {metric}':>24}  {'sd':>7}  {'single run':>10}")
     for c in confirmation["configurations"]:
         notes = ["baseline"] * c["is_baseline"] + ["winner"] * (c["trial_id"] == confirmation["winner"])
