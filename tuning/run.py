@@ -447,6 +447,25 @@ def make_trainable(job: Job):
     )
 
 
+def _tune_config(job: Job, search_alg, num_samples: int, scheduler=None):
+    """How trials are proposed and scheduled: one place for the search and its confirmation."""
+    from ray import tune
+
+    from tuning.progress import trial_name
+
+    return tune.TuneConfig(
+        metric=job.spec.metric,
+        mode=job.spec.mode,
+        search_alg=search_alg,
+        scheduler=scheduler,
+        num_samples=num_samples,
+        max_concurrent_trials=job.resources.max_concurrent or None,
+        reuse_actors=True,
+        trial_name_creator=trial_name,
+        trial_dirname_creator=trial_name,
+    )
+
+
 def _run_config(job: Job, name: str, storage_path: str, callbacks: list):
     from ray import tune
 
@@ -473,7 +492,6 @@ def search(job: Job, trainable, *, resume: bool, callbacks: list | None = None):
     from ray import tune
 
     from tuning.callbacks import DropOptimizerState, MlflowLoggingCallback
-    from tuning.progress import trial_name
     from tuning.schedulers import make_scheduler
     from tuning.search_space import baseline_point, search_space
     from tuning.searcher import LOST_WITH_DRIVER, RAY_TRIAL_ID, make_searcher
@@ -508,17 +526,7 @@ def search(job: Job, trainable, *, resume: bool, callbacks: list | None = None):
         )
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(
-                metric=spec.metric,
-                mode=spec.mode,
-                search_alg=searcher,
-                scheduler=scheduler,
-                num_samples=spec.num_samples,
-                max_concurrent_trials=job.resources.max_concurrent or None,
-                reuse_actors=True,
-                trial_name_creator=trial_name,
-                trial_dirname_creator=trial_name,
-            ),
+            tune_config=_tune_config(job, searcher, spec.num_samples, scheduler),
             run_config=_run_config(
                 job,
                 spec.name,
@@ -547,7 +555,6 @@ def _fit_confirmation(job: Job, trainable, runs: list):
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from tuning.callbacks import DropOptimizerState, MlflowLoggingCallback
-    from tuning.progress import trial_name
     from tuning.search_space import baseline_point
     from tuning.tracking import CONFIRMATION_ROLE
 
@@ -560,16 +567,7 @@ def _fit_confirmation(job: Job, trainable, runs: list):
         tuner = tune.Tuner(
             trainable,
             param_space={key: None for key in keys},  # every value comes from the planned points
-            tune_config=tune.TuneConfig(
-                metric=job.spec.metric,
-                mode=job.spec.mode,
-                search_alg=BasicVariantGenerator(points_to_evaluate=[run.config() for run in runs]),
-                num_samples=len(runs),
-                max_concurrent_trials=job.resources.max_concurrent or None,
-                reuse_actors=True,
-                trial_name_creator=trial_name,
-                trial_dirname_creator=trial_name,
-            ),
+            tune_config=_tune_config(job, BasicVariantGenerator(points_to_evaluate=[run.config() for run in runs]), len(runs)),
             run_config=_run_config(
                 job,
                 CONFIRMATION_DIR,
