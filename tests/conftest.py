@@ -89,6 +89,13 @@ def ray_session():
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+def search_args(data: Path, storage: Path, name: str, *extra: str) -> list[str]:
+    """`python -m tuning.run` flags for a tiny CNN search on the CPU: one place for the tests."""
+    return ["--arch", "cnn", "--data-dir", str(data), "--image-size", "32", "--batch-size", "16"] + [
+        "--storage-path", str(storage), "--name", name, "--cpus-per-trial", "1", *extra
+    ]  # fmt: skip
+
+
 def trial_results(trial_dir: Path) -> list[dict]:
     """A Tune trial's reported rows (its result.json), oldest first; none before its first report."""
     path = trial_dir / "result.json"

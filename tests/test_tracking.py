@@ -21,31 +21,14 @@ from ray import tune
 from fracture_models.augment import to_model_input
 from fracture_models.data import load_split, resolve_dataset_root
 from fracture_models.errors import UserError
-from tests.conftest import DIRECT, MlflowServer, free_port
+from tests.conftest import DIRECT, MlflowServer, free_port, search_args
 from tuning.run import main
 from tuning.tracking import CHAMPION, champion_decision
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _args(data: Path, storage: Path, name: str, *extra: str) -> list[str]:
-    return [
-        "--arch",
-        "cnn",
-        "--data-dir",
-        str(data),
-        "--image-size",
-        "32",
-        "--batch-size",
-        "16",
-        "--storage-path",
-        str(storage),
-        "--name",
-        name,
-        "--cpus-per-trial",
-        "1",
-        *extra,
-    ]
+_args = search_args
 
 
 def _job_runs(client: MlflowClient, job: str, role: str = "trial") -> tuple[object, list]:

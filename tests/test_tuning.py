@@ -18,30 +18,12 @@ from ray import tune
 from fracture_models.data import DATASET_FOLDER
 from fracture_models.errors import UserError
 from fracture_models.study import BASELINE_HYPERPARAMETERS
-from tests.conftest import trial_results
+from tests.conftest import search_args, trial_results
 from tuning.run import main
 from tuning.searcher import RAY_TRIAL_ID
 from tuning.trainable import CHECKPOINT_FILE, OPTIMIZER_FILE
 
-
-def _args(data: Path, storage: Path, name: str, *extra: str) -> list[str]:
-    return [
-        "--arch",
-        "cnn",
-        "--data-dir",
-        str(data),
-        "--image-size",
-        "32",
-        "--batch-size",
-        "16",
-        "--storage-path",
-        str(storage),
-        "--name",
-        name,
-        "--cpus-per-trial",
-        "1",
-        *extra,
-    ]
+_args = search_args
 
 
 def _study(storage: Path, name: str) -> optuna.Study:
