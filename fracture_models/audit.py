@@ -507,7 +507,7 @@ class Match:
 
     detail: float
     grain: float
-    inliers: int = 0  # ORB matches consistent with one copy's transform (`geometric_inliers`)
+    inliers: int = 0  # ORB matches consistent with one copy's transform (`geometric_check`)
 
     def confirms(self, min_detail: float = DEFAULT_MIN_DETAIL_CORRELATION, min_grain: float = MIN_GRAIN_CORRELATION) -> bool:
         return self.detail >= min_detail and self.grain >= min_grain
@@ -549,11 +549,6 @@ def _invariants(polar_ffts: np.ndarray) -> np.ndarray:
     magnitude = np.log1p(magnitude + _mirrored(magnitude))[:, :12, :9].reshape(len(polar_ffts), -1)
     magnitude -= magnitude.mean(1, keepdims=True)
     return magnitude / (np.linalg.norm(magnitude, axis=1, keepdims=True) + 1e-12)
-
-
-def candidate_pairs(records: Sequence[ImageRecord], thumbs: Thumbnails, chunk: int = 512) -> set[tuple[int, int]]:
-    """Pairs (i < j) worth registering (`_candidates`)."""
-    return _candidates(records, thumbs, chunk)[0]
 
 
 def _candidates(records: Sequence[ImageRecord], thumbs: Thumbnails, chunk: int = 512) -> tuple[set[tuple[int, int]], "DescriptorVotes | None"]:
@@ -631,11 +626,6 @@ class DescriptorVotes:
         if max(direct, mirror) >= MIN_DECISIVE_VOTES and max(direct, mirror) >= DECISIVE_VOTE_RATIO * min(direct, mirror):
             return (mirror > direct,)
         return (False, True)
-
-
-def voted_pairs(thumbs: Thumbnails, usable: np.ndarray, seed: int = 0) -> set[tuple[int, int]]:
-    """Each image's VOTED_PER_IMAGE partners sharing the most ORB descriptors (`descriptor_votes`)."""
-    return descriptor_votes(thumbs, usable, seed).best_pairs()
 
 
 def descriptor_votes(thumbs: Thumbnails, usable: np.ndarray, seed: int = 0) -> DescriptorVotes:
@@ -725,11 +715,6 @@ def _similarity_inliers(a_points: np.ndarray, a_descriptors: np.ndarray, points:
     if min(turn, 180 - turn) <= MAX_TURN_DEGREES and SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
         return int(inliers.sum()), transform
     return 0, None
-
-
-def geometric_inliers(a: LocalFeatures, b: LocalFeatures) -> int:
-    """The inlier count of `geometric_check`."""
-    return geometric_check(a, b).inliers
 
 
 def orb_similarity(check: GeometricCheck, a_box: Sequence[int], b_box: Sequence[int]) -> tuple[bool, Similarity]:
