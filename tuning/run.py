@@ -340,8 +340,9 @@ def prepare(args: argparse.Namespace, given: set[str] | None) -> tuple[argparse.
     return args, experiment, record, Resources(args.cpus_per_trial, gpus, args.max_concurrent, args.max_failures)
 
 
-def load(args: argparse.Namespace, record: dict | None) -> tuple[FractureDataset, dict, list[dict]]:
-    """The audit (warnings, --dedupe) and the decoded train and validation splits."""
+def load(args: argparse.Namespace, record: dict | None) -> tuple[FractureDataset, dict, dict, list[dict]]:
+    """The decoded train and validation splits, the audit (warnings, --dedupe), what the job
+    records of it, and the files --dedupe dropped."""
     dedupe = args.dedupe or bool((record or {}).get("audit", {}).get("dedupe"))
     audit = audit_dataset(args.data_root, cache_dir=args.cache_dir, progress=True)
     dataset = load_dataset(
@@ -360,11 +361,18 @@ def load(args: argparse.Namespace, record: dict | None) -> tuple[FractureDataset
         "dedupe": dedupe,
         "dropped": len(dropped),
     }
-    return dataset, {**audit, "job_summary": summary}, dropped
+    return dataset, audit, summary, dropped
 
 
 def open_job(
-    args, experiment: str, record: dict | None, resources: Resources, dataset: FractureDataset, audit: dict, dropped: list[dict]
+    args,
+    experiment: str,
+    record: dict | None,
+    resources: Resources,
+    dataset: FractureDataset,
+    audit: dict,
+    audit_summary: dict,
+    dropped: list[dict],
 ) -> Job:
     """The job's spec (new, or its record checked against the data), Optuna storage, MLflow runs and job.json."""
     from tuning.searcher import open_storage
@@ -376,7 +384,7 @@ def open_job(
         data_root=args.data_root,
         data_fingerprint=dataset.fingerprint,
         generated_data=is_generated(args.data_root),
-        audit=audit["job_summary"],
+        audit=audit_summary,
     )
     if record is not None:
         for key in ("arch", "data_fingerprint", "image_size", "epochs", "metric"):
@@ -407,7 +415,7 @@ def open_job(
     tracker.job = spec
     write_record(experiment, spec)
     audit_dir = Path(experiment) / AUDIT_DIR if local else tracker.files_dir(AUDIT_DIR)
-    write_audit({k: v for k, v in audit.items() if k != "job_summary"}, audit_dir)
+    write_audit(audit, audit_dir)
     if dropped:
         write_dropped(dropped, audit_dir)
     tracker.submit("artifact", trial_id=None, path=str(audit_dir), artifact_path=AUDIT_DIR)
@@ -710,8 +718,8 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None, given
     except AlreadyFinished as done:
         print(done)
         return 0
-    dataset, audit, dropped = load(args, record)
-    job = open_job(args, experiment, record, resources, dataset, audit, dropped)
+    dataset, audit, audit_summary, dropped = load(args, record)
+    job = open_job(args, experiment, record, resources, dataset, audit, audit_summary, dropped)
     trainable = make_trainable(job)
     try:
         results, study, lost = search(job, trainable, resume=args.resume, callbacks=callbacks)
