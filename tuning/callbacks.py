@@ -1,5 +1,5 @@
-"""The Ray Tune callbacks of a search, on the driver: each trial's MLflow run, and the optimiser
-state a finished trial no longer needs. The only tracking module that imports Ray.
+"""The Ray Tune callbacks of a search, on the driver: each trial's MLflow run (with where it ran:
+node and GPU tags), and the optimiser state a finished trial no longer needs. The only tracking module that imports Ray.
 
 DropOptimizerState: a finished trial keeps its weights, not its optimiser state.
 
@@ -18,6 +18,7 @@ from typing import Iterable
 import pyarrow.fs
 from ray import tune
 
+from tuning.placement import placement_of
 from tuning.tracking.names import TRIAL_ROLE
 from tuning.tracking.tracker import LEARNING_RATE, REPORTED_PREFIXES, SearchTracker
 from tuning.trainable import OPTIMIZER_FILE
@@ -44,6 +45,9 @@ class MlflowLoggingCallback(tune.Callback):
         history = self.histories.setdefault(trial.trial_id, [])
         history[:] = [r for r in history if r["training_iteration"] < row["training_iteration"]] + [row]
         self.tracker.trial_result(trial.trial_id, result)
+        placement = placement_of(result)
+        if placement is not None:
+            self.tracker.trial_placed(trial.trial_id, placement)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.tracker.trial_ended(trial.trial_id, self.histories.get(trial.trial_id, []), failed=False)

@@ -1,10 +1,13 @@
-"""Check a per-trial resource request against the cluster before any trial is queued.
+"""Check a per-trial resource request against the cluster before any trial is queued, and count
+how many trials the cluster holds at once.
 
 Ray would otherwise leave an impossible trial PENDING forever (a GPU on a CPU-only cluster,
 2 GPUs per trial where no node has 2).
 """
 
 from __future__ import annotations
+
+import math
 
 from fracture_models.errors import UserError
 
@@ -40,3 +43,26 @@ def check_trial_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
         f"{largest.get('CPU', 0):g} CPUs and {largest.get('GPU', 0):g} GPUs. Lower --cpus-per-trial / --gpus-per-trial "
         "(fractions such as 0.25 GPU share a device between trials)."
     )
+
+
+def trial_slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """How many trials of this size the alive nodes hold at once (at least 1).
+
+    The search's concurrency limit when the user sets none: with a searcher and no limit, Ray Tune
+    keeps one trial pending at a time, so a cluster fills one trial start after another (a few
+    seconds each) instead of all at once; a limit also keeps Optuna from proposing trials that
+    would only wait for room, before the results of those running are in.
+    """
+    import ray
+
+    slots = 0
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        fits = [
+            math.floor(node["Resources"].get(name, 0) / need + 1e-9)
+            for name, need in (("CPU", cpus_per_trial), ("GPU", gpus_per_trial))
+            if need > 0
+        ]
+        slots += min(fits, default=0)
+    return max(slots, 1)

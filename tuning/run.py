@@ -93,7 +93,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--gpus-per-trial", type=float, default=None, help="GPUs per trial, fractions allowed (default: 1 where GPUs exist, else 0)"
     )
     cluster.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default: %(default)s)")
-    cluster.add_argument("--max-concurrent", type=int, default=0, help="most trials at once; 0 = as many as fit (default: %(default)s)")
+    cluster.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=0,
+        help="most trials at once; 0 = as many as fit on the cluster's nodes when the search starts (default: %(default)s)",
+    )
     cluster.add_argument(
         "--max-failures", type=int, default=2, help="retries of a failing trial from its last checkpoint (default: %(default)s)"
     )
@@ -460,14 +465,16 @@ def _tune_config(job: Job, search_alg, num_samples: int, scheduler=None):
     from ray import tune
 
     from tuning.progress import trial_name
+    from tuning.resources import trial_slots
 
+    resources = job.resources
     return tune.TuneConfig(
         metric=job.spec.metric,
         mode=job.spec.mode,
         search_alg=search_alg,
         scheduler=scheduler,
         num_samples=num_samples,
-        max_concurrent_trials=job.resources.max_concurrent or None,
+        max_concurrent_trials=resources.max_concurrent or trial_slots(resources.cpus_per_trial, resources.gpus_per_trial),
         reuse_actors=True,
         trial_name_creator=trial_name,
         trial_dirname_creator=trial_name,

@@ -5,7 +5,8 @@ A trial gets the decoded train and validation splits once through Ray's object s
 reports the validation metrics (confusion-matrix counts included) and `checkpoint_score` with a
 checkpoint; Tune keeps the best by that score (the search metric, demoted for an epoch whose
 model answers one class for every image) and the latest. A retried or resumed trial continues from its last
-checkpoint. The optimiser's state (twice the model's size with Adam) goes in a file of its own,
+checkpoint. Its first report also says which GPUs it was given (`tuning.placement`), for its
+MLflow run's tags. The optimiser's state (twice the model's size with Adam) goes in a file of its own,
 which `tuning.checkpoints` deletes once the trial has ended: a finished trial keeps its weights.
 """
 
@@ -21,6 +22,7 @@ from fracture_models.data import DecodedSplit
 from fracture_models.engine import build_training, fit, load_checkpoint, make_checkpoint, make_loaders, restore_training, save_checkpoint
 from fracture_models.metrics import selection_score
 from fracture_models.models import Architecture, ensure_registered
+from tuning.placement import devices
 
 CHECKPOINT_FILE = "checkpoint.pt"  # weights, schedule, epoch, config, metrics: all a finished trial keeps
 OPTIMIZER_FILE = "optimizer.pt"  # the optimiser and grad-scaler state, for continuing training only
@@ -50,9 +52,11 @@ def train_fracture_model(
         with checkpoint.as_directory() as folder:
             restore_training(state, read_checkpoint(Path(folder)))
     train_loader, val_loader = make_loaders(state, train_split, val_split)
+    placement = devices()  # reported once per start: where this trial runs
 
     def report(row: dict, val_metrics: dict, state) -> None:
-        row = {**row, CHECKPOINT_SCORE: selection_score(row, metric, mode, prefix="val_")}
+        row = {**row, CHECKPOINT_SCORE: selection_score(row, metric, mode, prefix="val_"), **placement}
+        placement.clear()
         with tempfile.TemporaryDirectory() as folder:
             write_checkpoint(make_checkpoint(state, row), Path(folder))
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(folder))

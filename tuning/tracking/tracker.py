@@ -195,9 +195,10 @@ class SearchTracker:
             self.client.log_batch(run_id, metrics=batch[start : start + 500])
 
     def _op_tags(self, trial_id: str | None, tags: dict) -> None:
+        from mlflow.entities import RunTag
+
         run_id = self.parent_run_id if trial_id is None else self._run_for(trial_id)
-        for key, value in tags.items():
-            self.client.set_tag(run_id, key, str(value))
+        self.client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])  # one request, not one a tag
 
     def _op_artifact(self, trial_id: str | None, path: str, artifact_path: str | None = None) -> None:
         run_id = self.parent_run_id if trial_id is None else self._run_for(trial_id)
@@ -232,6 +233,10 @@ class SearchTracker:
         self.submit(
             "metrics", trial_id=trial_id, step=int(result["training_iteration"]), metrics=metrics, timestamp_ms=int(time.time() * 1000)
         )
+
+    def trial_placed(self, trial_id: str, placement: Mapping[str, str]) -> None:
+        """Tag a trial's run with where it runs (node, host, GPU ids): again if a retry moved it."""
+        self.submit("tags", trial_id=trial_id, tags=dict(placement))
 
     def trial_ended(self, trial_id: str, history: list[dict], *, failed: bool) -> None:
         """Final state, best epoch's confusion matrix and the loss curves of one trial."""
