@@ -13,6 +13,7 @@ filesystem.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Iterable
 
 import pyarrow.fs
@@ -27,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 
 class MlflowLoggingCallback(tune.Callback):
-    """Ray Tune events -> the job's MLflow runs, on the driver."""
+    """Ray Tune events -> the job's MLflow runs, on the driver: queued on the tracker's background
+    thread (in order), so Tune's loop goes on starting and stopping trials meanwhile."""
 
     role = TRIAL_ROLE  # also for callbacks pickled with an experiment before runs had roles
 
@@ -38,24 +40,30 @@ class MlflowLoggingCallback(tune.Callback):
         self.histories: dict[str, list[dict]] = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.tracker.trial_started(trial.trial_id, {k: trial.config.get(k) for k in self.hyperparameters}, role=self.role)
+        params = {k: trial.config.get(k) for k in self.hyperparameters}
+        self.tracker.in_background(partial(self.tracker.trial_started, trial.trial_id, params, role=self.role))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         row = {k: v for k, v in result.items() if k in ("training_iteration", LEARNING_RATE) or k.startswith(REPORTED_PREFIXES)}
         history = self.histories.setdefault(trial.trial_id, [])
         history[:] = [r for r in history if r["training_iteration"] < row["training_iteration"]] + [row]
-        self.tracker.trial_result(trial.trial_id, result)
+        self.tracker.in_background(partial(self.tracker.trial_result, trial.trial_id, dict(result)))
         placement = placement_of(result)
         if placement is not None:
-            self.tracker.trial_placed(trial.trial_id, placement)
+            self.tracker.in_background(partial(self.tracker.trial_placed, trial.trial_id, placement))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.tracker.trial_ended(trial.trial_id, self.histories.get(trial.trial_id, []), failed=False)
+        self._ended(trial, failed=False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.tracker.trial_ended(trial.trial_id, self.histories.get(trial.trial_id, []), failed=True)
+        self._ended(trial, failed=True)
+
+    def _ended(self, trial, *, failed: bool) -> None:
+        history = list(self.histories.get(trial.trial_id, []))  # a copy: a retried trial's history changes on
+        self.tracker.in_background(partial(self.tracker.trial_ended, trial.trial_id, history, failed=failed))
 
     def on_experiment_end(self, trials, **info):
+        self.tracker.drain()
         self.tracker.flush(force=True)
 
     def get_state(self) -> dict | None:

@@ -3,6 +3,10 @@ child run per trial (role `trial`) or confirmation run (role `confirmation`).
 
 Runs are found again by tags (`job_name` on the parent, `ray_trial_id` on a child), so a
 resumed or replayed job reuses its runs instead of creating new ones.
+
+What the search's callbacks ask for (a trial's run, metrics, plots, tags) is done in order on one
+background thread (`in_background`), so Ray Tune's loop never waits for plotting or for the
+server while it could start trials; `drain` waits for it, and the search drains it when it ends.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import math
 import shutil
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from fracture_models.metrics import best_epoch, confusion_from_counts, run_state
 from fracture_models.plots import plot_confusion_matrix, plot_loss_curves
@@ -62,6 +67,8 @@ class SearchTracker:
         self._client = None
         self._outbox: Outbox | None = None
         self._runs: dict[str, str] = {}
+        self._background: ThreadPoolExecutor | None = None
+        self._last_work: Future | None = None
 
     def __setstate__(self, state: dict) -> None:
         if isinstance(state.get("job"), dict):  # pickled with an experiment from before JobSpec
@@ -71,7 +78,8 @@ class SearchTracker:
         self.__dict__.update(state)
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_outbox")} | {"_client": None, "_outbox": None}
+        live = ("_client", "_outbox", "_background", "_last_work")
+        return {k: v for k, v in self.__dict__.items() if k not in live} | dict.fromkeys(live)
 
     # -- plumbing ---------------------------------------------------------------------------
     @property
@@ -103,6 +111,19 @@ class SearchTracker:
         """Read pending writes from disk again (another copy of this tracker may have queued some)."""
         if self.work_dir is not None:
             self._outbox = None
+
+    def in_background(self, work: Callable[[], None]) -> None:
+        """Run `work` after the work queued before it, on the tracker's one background thread."""
+        if getattr(self, "_background", None) is None:  # also a tracker unpickled from an older experiment
+            # Not a daemon: work still queued when the driver exits is done first, as a direct write would have been.
+            self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-tracking")
+        self._last_work = self._background.submit(_logged, work)
+
+    def drain(self) -> None:
+        """Wait until the background work queued so far is done."""
+        last = getattr(self, "_last_work", None)
+        if last is not None:
+            last.result()
 
     def submit(self, op: str, **fields: Any) -> None:
         self.outbox.submit({"op": op, **fields}, self._send)
@@ -377,6 +398,14 @@ def confirmation_metrics(confirmation: Mapping | None) -> dict[str, float]:
             confirm_difference_ci_high=difference["ci95"][1],
         )
     return {k: float(v) for k, v in out.items() if _is_number(v)}
+
+
+def _logged(work: Callable[[], None]) -> None:
+    """Background work that fails (a bug: the outbox keeps outages) is logged with its traceback, and the search goes on."""
+    try:
+        work()
+    except Exception:  # noqa: BLE001 - reported, not raised into a thread nobody joins for its result
+        logger.exception("MLflow tracking of a trial failed")
 
 
 def _is_number(value: Any) -> bool:
