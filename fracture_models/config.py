@@ -23,11 +23,19 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     channels_last: bool | None = None  # None: on CUDA only
+    # Speed levers (fracture_models.fast). None changes the recipe; the defaults give the same metrics
+    # as the plain loop (loss and accuracy bit for bit, validation to float rounding).
+    sync_every_batch: bool = False  # True: read loss and accuracy after every batch (a host sync per step), as before
+    adam: str = "auto"  # "auto" (fused on CUDA, torch's default elsewhere), "fused", "foreach" or "for-loop"
+    val_batch_factor: int = 4  # validation batches hold this many training batches: no gradients, so memory allows it
+    compile: str = "off"  # torch.compile of the training forward: "off", "default", "reduce-overhead" (CUDA graphs), "max-autotune"
 
     def __post_init__(self) -> None:
+        from fracture_models.fast import check_speed_settings
         from fracture_models.models import resolve_weights
 
         self.weights = resolve_weights(self.arch, self.weights)
+        check_speed_settings(self)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,7 +1,9 @@
 """The training loop as plain functions: `train_one_epoch`, `evaluate`, `fit`, checkpoints.
 
 The study's recipe is the default: CrossEntropyLoss, Adam, StepLR. On CUDA the loop uses mixed
-precision (bf16 where supported, else fp16 with a gradient scaler) and channels_last.
+precision (bf16 where supported, else fp16 with a gradient scaler) and channels_last. The speed
+levers of `fracture_models.fast` (no host sync per batch, fused Adam, larger validation batches,
+optional torch.compile) are `TrainConfig` settings and leave the recipe as it is.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fracture_models import fast
 from fracture_models.config import TrainConfig
 from fracture_models.labels import POSITIVE_LABEL
 from fracture_models.loader import BatchLoader
@@ -58,6 +61,10 @@ class TrainingState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler | None
     epoch: int = 0
+    compiled: Callable | None = None  # torch.compile(model) for full training batches; None: eager
+
+    def __post_init__(self) -> None:
+        self.compiled = fast.compiled_forward(self.config, self.device, self.channels_last, self.model, self)
 
     @property
     def channels_last(self) -> bool:
@@ -82,7 +89,8 @@ def build_training(config: TrainConfig, device: torch.device | None = None) -> T
     model = create_model(config.arch, weights=config.weights, image_size=config.image_size).to(device)
     if uses_channels_last(config, device):
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    model = fast.reuse_compiled_model(config, device, uses_channels_last(config, device), model)
+    optimizer = fast.make_adam(model.parameters(), config.lr, config.adam, device)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype(device) == torch.float16 else None
     return TrainingState(config, device, model, optimizer, scheduler, scaler)
@@ -92,17 +100,25 @@ def make_loaders(state: TrainingState, train_split, val_split) -> tuple[BatchLoa
     config = state.config
     common = dict(batch_size=config.batch_size, device=state.device, channels_last=state.channels_last)
     train = BatchLoader(train_split, train=True, aug_strength=config.aug_strength, seed=config.seed, **common)
-    val = BatchLoader(val_split, **common)
+    val = BatchLoader(val_split, **{**common, "batch_size": config.batch_size * config.val_batch_factor})
     return train, val
 
 
+PROGRESS_EVERY = 20  # batches between progress-bar updates
+
+
 def train_one_epoch(state: TrainingState, loader: BatchLoader, *, progress: bool = False, desc: str = "train") -> dict:
-    """One pass over the training batches; returns mean loss, accuracy, lr and throughput."""
-    model, optimizer = state.model, state.optimizer
+    """One pass over the training batches; returns mean loss, accuracy, lr and throughput.
+
+    Loss and accuracy are summed on the device and read once at the end (`config.sync_every_batch`
+    reads them after every batch instead; the figures are the same)."""
+    model, optimizer, config = state.model, state.optimizer, state.config
     criterion = nn.CrossEntropyLoss()
     amp = autocast_dtype(state.device)
+    cuda_graphs = fast.uses_cuda_graphs(config, state.device)
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    tally = fast.MetricTally(state.device)
+    total_loss, correct = 0.0, 0
     lr = optimizer.param_groups[0]["lr"]
     start = time.perf_counter()
     batches = loader
@@ -110,9 +126,13 @@ def train_one_epoch(state: TrainingState, loader: BatchLoader, *, progress: bool
         from tqdm import tqdm
 
         batches = tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=None)  # None: off when not a terminal
-    for inputs, labels in batches:
+    for step, (inputs, labels) in enumerate(batches):
+        # The compiled model takes full batches only: a partial last batch would be a second graph.
+        forward = state.compiled if state.compiled is not None and labels.numel() == config.batch_size else model
+        if cuda_graphs and forward is state.compiled:
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(state.device.type, dtype=amp, enabled=amp is not None):
-            logits = model(inputs)
+            logits = forward(inputs)
             loss = criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         if state.scaler is not None:
@@ -122,16 +142,25 @@ def train_one_epoch(state: TrainingState, loader: BatchLoader, *, progress: bool
         else:
             loss.backward()
             optimizer.step()
-        n = labels.numel()
-        total_loss += loss.item() * n
-        correct += int((logits.argmax(1) == labels).sum())
-        seen += n
-        if progress:
-            batches.set_postfix(loss=f"{total_loss / seen:.4f}")
+        if config.sync_every_batch:
+            n = labels.numel()
+            total_loss += loss.item() * n
+            correct += int((logits.argmax(1) == labels).sum())
+            tally.seen += n
+        else:
+            tally.add(loss, logits, labels)
+        if progress and step % PROGRESS_EVERY == 0:  # the only other sync, and only for a terminal
+            batches.set_postfix(loss=f"{(total_loss if config.sync_every_batch else tally.loss_sum.item()) / tally.seen:.4f}")
+    if config.sync_every_batch:
+        seen = max(tally.seen, 1)
+        train_loss, train_accuracy = total_loss / seen, correct / seen
+    else:
+        train_loss, train_accuracy = tally.read()  # waits for the epoch's last step
+    seen = tally.seen
     elapsed = time.perf_counter() - start
     return {
-        "train_loss": total_loss / max(seen, 1),
-        "train_accuracy": correct / max(seen, 1),
+        "train_loss": train_loss,
+        "train_accuracy": train_accuracy,
         "learning_rate": lr,  # the epoch's scheduled rate; `lr` is the hyperparameter (StepLR's start)
         "train_images_per_second": seen / elapsed if elapsed > 0 else 0.0,
     }
@@ -139,20 +168,24 @@ def train_one_epoch(state: TrainingState, loader: BatchLoader, *, progress: bool
 
 @torch.no_grad()
 def predict(state: TrainingState, loader: BatchLoader) -> tuple[np.ndarray, np.ndarray, float]:
-    """(labels, fracture probabilities, mean cross-entropy loss) over a whole split."""
+    """(labels, fracture probabilities, mean cross-entropy loss) over a whole split.
+
+    Everything stays on the device until the end: one transfer, no sync per batch. The loss is
+    summed in float64, the same operations as adding each batch's `.item()` on the host."""
     model = state.model
     amp = autocast_dtype(state.device)
     model.eval()
-    labels, probabilities, total_loss = [], [], 0.0
+    labels, probabilities = [], []
+    total_loss = torch.zeros((), dtype=torch.float64, device=state.device)
     for inputs, target in loader:
         with torch.autocast(state.device.type, dtype=amp, enabled=amp is not None):
             logits = model(inputs)
         logits = logits.float()
-        total_loss += nn.functional.cross_entropy(logits, target, reduction="sum").item()
-        probabilities.append(logits.softmax(1)[:, POSITIVE_LABEL].cpu())
-        labels.append(target.cpu())
-    y = torch.cat(labels).numpy()
-    return y, torch.cat(probabilities).numpy(), total_loss / max(len(y), 1)
+        total_loss += nn.functional.cross_entropy(logits, target, reduction="sum").to(torch.float64)
+        probabilities.append(logits.softmax(1)[:, POSITIVE_LABEL])
+        labels.append(target)
+    y = torch.cat(labels).cpu().numpy()
+    return y, torch.cat(probabilities).cpu().numpy(), total_loss.item() / max(len(y), 1)
 
 
 def evaluate(state: TrainingState, loader: BatchLoader) -> dict:

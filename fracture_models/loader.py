@@ -9,12 +9,29 @@ import torch
 from fracture_models.augment import Augmentation, to_model_input
 from fracture_models.data import DecodedSplit
 
+# Splits copied to a GPU, by content: the next trial in the same process (a reused Ray actor)
+# indexes the copy already there instead of copying ~0.5 GB again. Only the last few are kept.
+_ON_DEVICE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_ON_DEVICE_KEEP = 4
+
+
+def _on_device(split: DecodedSplit, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    if device.type == "cpu" or not split.fingerprint:  # no content key: copy (a no-op on the CPU)
+        return split.images.to(device), split.labels.to(device)
+    key = (split.name, split.fingerprint, tuple(split.images.shape), str(device))
+    if key not in _ON_DEVICE:
+        _ON_DEVICE[key] = (split.images.to(device), split.labels.to(device))
+        while len(_ON_DEVICE) > _ON_DEVICE_KEEP:
+            _ON_DEVICE.pop(next(iter(_ON_DEVICE)))
+    return _ON_DEVICE[key]
+
 
 class BatchLoader:
     """Iterates (inputs, labels) over a `DecodedSplit` without any per-file work.
 
-    On CUDA the whole uint8 split is copied to the GPU once (10,581 grey images at 224 px are
-    about 0.5 GB), so a batch is an index into device memory. Shuffling and augmentation are
+    On CUDA the whole uint8 split is copied to the GPU once per process (10,581 grey images at
+    224 px are about 0.5 GB; later trials in the process reuse the copy), so a batch is an index
+    into device memory. Shuffling and augmentation are
     seeded: epoch e of a loader with seed s is the same on every run.
     """
 
@@ -32,8 +49,7 @@ class BatchLoader:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
-        self.images = split.images.to(self.device)
-        self.labels = split.labels.to(self.device)
+        self.images, self.labels = _on_device(split, self.device)
         self.batch_size = batch_size
         self.train = train
         self.augmentation = Augmentation.at_strength(aug_strength) if train else None
