@@ -115,8 +115,15 @@ def _summary(values: list[float]) -> dict:
     if not values:
         return {}
     v = np.array(values)
-    return {"n": len(v), "min": round(float(v.min()), 4), "p5": round(float(np.percentile(v, 5)), 4), "median": round(float(np.median(v)), 4),
-            "p95": round(float(np.percentile(v, 95)), 4), "p99": round(float(np.percentile(v, 99)), 4), "max": round(float(v.max()), 4)}
+    return {
+        "n": len(v),
+        "min": round(float(v.min()), 4),
+        "p5": round(float(np.percentile(v, 5)), 4),
+        "median": round(float(np.median(v)), 4),
+        "p95": round(float(np.percentile(v, 95)), 4),
+        "p99": round(float(np.percentile(v, 99)), 4),
+        "max": round(float(v.max()), 4),
+    }
 
 
 def evaluate(root: Path, planted: list[dict], *, poses: dict[str, int] | None = None, same_pose_pairs: int = 0, seed: int = 0) -> dict:
@@ -145,11 +152,12 @@ def evaluate(root: Path, planted: list[dict], *, poses: dict[str, int] | None = 
         "false_groups_mixing_classes": int(sum(g["conflicting_labels"] for g in false)),
         "seconds": round(seconds, 1),
         "candidate_pairs": len(scores),
-        "thresholds": {"detail": audit.DEFAULT_MIN_DETAIL_CORRELATION, "grain": audit.MIN_GRAIN_CORRELATION},
+        "thresholds": {"detail": audit.DEFAULT_MIN_DETAIL_CORRELATION, "texture": audit.MIN_TEXTURE_CORRELATION},
         "copy_detail": _summary([m.detail for m in copy_matches]),
-        "copy_grain": _summary([m.grain for m in copy_matches]),
+        "copy_texture": _summary([m.texture for m in copy_matches]),
         "distinct_candidate_detail": _summary([m.detail for m in distinct]),
-        "distinct_grain_where_detail_passes": _summary([m.grain for m in hard]),
+        "distinct_texture_where_detail_passes": _summary([m.texture for m in hard]),
+        "distinct_candidate_texture": _summary([m.texture for m in distinct]),
         "missed": [p for p in planted if frozenset((p["source"], p["copy"])) not in found],
         "planted_pairs": planted,
         "false_group_members": [[m["path"] for m in g["members"]] for g in false[:20]],
@@ -165,9 +173,13 @@ def evaluate(root: Path, planted: list[dict], *, poses: dict[str, int] | None = 
             members = by_pose[int(rng.choice(list(by_pose)))]
             i, j = rng.choice(members, 2, replace=False)
             if records[i].label != records[j].label:
-                sampled.append(audit.match(thumbs.pixels[i], thumbs.boxes[i], thumbs.pixels[j], thumbs.boxes[j]))
+                side = audit.compare_side(records[i], records[j])
+                check = audit.geometric_check(thumbs.features[i], thumbs.features[j])
+                sampled.append(audit.match(*(audit.native_grey(root / records[k].path, side) for k in (i, j)), check))
         result["same_pose_cross_class_detail"] = _summary([m.detail for m in sampled])
-        result["same_pose_cross_class_grain_where_detail_passes"] = _summary([m.grain for m in sampled if m.detail >= audit.DEFAULT_MIN_DETAIL_CORRELATION])
+        result["same_pose_cross_class_texture_where_detail_passes"] = _summary(
+            [m.texture for m in sampled if m.detail >= audit.DEFAULT_MIN_DETAIL_CORRELATION]
+        )
     return result
 
 
@@ -180,7 +192,9 @@ def lookalike_benchmark(work: Path, images: int, poses: int, copies: int, image_
 
 def project_benchmark(work: Path, images: int, copies: int, image_size: int, seed: int) -> dict:
     train, held_out = images * 7 // 10, images * 3 // 20
-    root = generate_project(work / "project", SyntheticSpec(train=train, val=held_out, test=images - train - held_out, image_size=image_size, seed=seed))
+    root = generate_project(
+        work / "project", SyntheticSpec(train=train, val=held_out, test=images - train - held_out, image_size=image_size, seed=seed)
+    )
     planted = plant_copies(root, copies, np.random.default_rng([seed, 99]))
     return evaluate(root, planted)
 
@@ -189,7 +203,18 @@ def quickstart_check(work: Path) -> dict:
     """The quickstart's generated set (no copies): any group is false."""
     root = generate_project(work / "quickstart", SyntheticSpec(seed=0))
     result = evaluate(root, [])
-    return {k: result[k] for k in ("images", "false_groups", "false_group_members", "seconds", "candidate_pairs", "distinct_candidate_detail", "distinct_grain_where_detail_passes")}
+    return {
+        k: result[k]
+        for k in (
+            "images",
+            "false_groups",
+            "false_group_members",
+            "seconds",
+            "candidate_pairs",
+            "distinct_candidate_detail",
+            "distinct_texture_where_detail_passes",
+        )
+    }
 
 
 def real_size_timing(cache: Path) -> dict:
@@ -199,12 +224,22 @@ def real_size_timing(cache: Path) -> dict:
         start = time.perf_counter()
         report = audit.audit_dataset(data, cache_dir=Path(cache_dir))
         seconds = time.perf_counter() - start
-    return {"images": report["num_files"], "seconds": round(seconds, 1), "duplicate_groups": len(report["duplicate_groups"]), "cpus": os.cpu_count()}
+    return {
+        "images": report["num_files"],
+        "seconds": round(seconds, 1),
+        "duplicate_groups": len(report["duplicate_groups"]),
+        "cpus": os.cpu_count(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "audit_accuracy", help="where the sets are generated (default: %(default)s)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "audit_accuracy",
+        help="where the sets are generated (default: %(default)s)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "audit_accuracy.json")
     parser.add_argument("--images", type=int, default=1500, help="images per generator before copies (default: %(default)s)")
     parser.add_argument("--copies", type=int, default=50, help="planted copies per generator (default: %(default)s)")
@@ -226,8 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         results["real_size"] = real_size_timing(args.work)
     for name in ("lookalike", "project"):
         r = results[name]
-        print(f"{name}: {r['images']} images, recall {r['recall']:.3f}, false groups {r['false_groups']} ({r['false_groups_per_1000']:.2f}/1000, "
-              f"{r['false_groups_mixing_classes']} mixing classes), {r['seconds']:.1f} s")
+        print(
+            f"{name}: {r['images']} images, recall {r['recall']:.3f}, false groups {r['false_groups']} ({r['false_groups_per_1000']:.2f}/1000, "
+            f"{r['false_groups_mixing_classes']} mixing classes), {r['seconds']:.1f} s"
+        )
     print(f"quickstart: {results['quickstart']['false_groups']} groups")
     if "real_size" in results:
         print(f"real size: {results['real_size']['images']} images in {results['real_size']['seconds']:.1f} s")

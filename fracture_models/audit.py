@@ -23,15 +23,18 @@
   on both benchmark generators; 99.9% of distinct candidates of the project's generator have
   < 20, while same-pose look-alikes reach 99 against copies' >= 102, so the count ranks but does
   not decide).
-  Confirmed: b is registered on a (`register`, seeded with the geometric check's similarity by
-  `orb_similarity` and refined by Gauss-Newton at 128 px), and over the overlap (`match`) the
-  fine detail (band-pass 0.8-2.5 px) correlates at >= `DEFAULT_MIN_DETAIL_CORRELATION` and the
-  grain of the flattest half of 16 px patches (band-pass 1.2-3.0 px) at >=
-  `MIN_GRAIN_CORRELATION`. Margins (benchmarks/README.md, "Audit
-  accuracy"): copies detail >= 0.915 (project) / 0.923 (look-alikes), distinct pairs reaching
-  this step <= 0.918 / 0.932; look-alike copies grain p5 0.79, the 4 distinct same-class
-  look-alike pairs with detail >= 0.92 have grain 0.63-0.95 (the remaining false groups); project
-  copies grain min 0.566, 3 below 0.6 are missed. No distinct pair of different classes confirmed.
+  Confirmed (`match`), at native resolution: both files are decoded again at the smaller one's
+  longer side (at most FEATURE_SIDE px), b is laid on a by the geometric check's similarity,
+  and over the overlap the fine detail (band-pass 0.7-2.0 px) correlates at >=
+  `DEFAULT_MIN_DETAIL_CORRELATION` (0.80) and the finest texture (band-pass 0.5-1.5 px)
+  correlates at >= `MIN_TEXTURE_CORRELATION` (0.15) in 3 of 4 of the overlap's 16 px patches.
+  A copy matches everywhere; another radiograph of the same pose matches along its shared edges
+  but not in its texture; an unrelated image that happens to share a few edges, in neither.
+  Measured (benchmarks/README.md, "Audit accuracy"; 1,550 images per generator): copies' detail
+  >= 0.835 and texture >= 0.197 on both generators; distinct pairs reaching this step: detail
+  <= 0.815, texture <= 0.098. The margin shrinks with resolution: on look-alikes of the same
+  pose at 176 px one distinct pair of 300 images passed, and below ~128 px their texture is
+  gone and they cannot be told from copies.
 * A shortcut is a file attribute (format, mode, width, height) whose value predicts the class:
   the majority class of each value is learned on train and scored on val + test, as a model
   learning the shortcut would be. Flagged at a held-out balanced accuracy of at least
@@ -53,7 +56,6 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -67,24 +69,25 @@ from fracture_models.records import write_json
 
 logger = logging.getLogger(__name__)
 
-AUDIT_VERSION = 5
+AUDIT_VERSION = 6
 HASH_SIDE = 32  # the grey image is reduced to 32 x 32 before the DCT
 HASH_BITS = 8  # the 8 x 8 lowest frequencies give a 64-bit hash
 HASH_CANDIDATE_BITS = 8  # pairs within this many bits of 64 are candidates
 HASH_CANDIDATES = 3  # of those, each image's closest: same-pose look-alikes are hash-close by the thousand
 THUMB_SIDE = 128  # the grey thumbnail kept per image (uint8, aspect kept, centred on a square)
-COARSE_SIDE = 64  # registration is searched at half the thumbnail's resolution, then refined
+COARSE_SIDE = 64  # log-polar spectra are taken at half the thumbnail's resolution
 LOG_POLAR_SHAPE = (64, 32)  # angles over 180 degrees x log-spaced radii of the spectrum
 LOG_POLAR_RADII = (1.5, 0.4 * COARSE_SIDE)  # spectrum radii (px of COARSE_SIDE) sampled
-MAX_SCALE = 1.5  # registration considers scales between 1 / MAX_SCALE and MAX_SCALE
+MAX_SCALE = 1.5  # candidates by log-polar correlation consider scales between 1 / MAX_SCALE and MAX_SCALE
 SHORTLIST = 24  # nearest neighbours per image by the rotation-, scale- and shift-free spectrum
 CANDIDATES = 3  # of those, the best by log-polar phase correlation are matched in full
 MIN_OVERLAP = 0.3  # of the smaller image's area, after registration
-DETAIL_BAND = (0.8, 2.5)  # the fine detail compared: Gaussian sigmas (thumbnail px) of a band-pass
-GRAIN_BAND = (1.2, 3.0)  # the grain compared in the flattest half of the 16 px patches
-GRAIN_PATCH = 16
-DEFAULT_MIN_DETAIL_CORRELATION = 0.92  # see the module docstring for the measured margins
-MIN_GRAIN_CORRELATION = 0.6
+DETAIL_BAND = (0.7, 2.0)  # the fine detail compared: Gaussian sigmas (px at `compare_side`) of a band-pass
+TEXTURE_BAND = (0.5, 1.5)  # the finest texture, compared patch by patch
+TEXTURE_PATCH = 16
+MIN_TEXTURE_STD = 0.5  # grey levels of the band-passed patch: less is clipped or flattened
+DEFAULT_MIN_DETAIL_CORRELATION = 0.80  # see the module docstring for the measured margins
+MIN_TEXTURE_CORRELATION = 0.15
 FEATURE_SIDE = 256  # local features are found on the grey image scaled to this longer side
 ORB_FEATURES = 300  # ORB keypoints kept per image (and as many on its mirror image)
 VOTE_TABLES = 8  # hash tables of the descriptor vote; each keys on VOTE_KEY_BYTES whole bytes
@@ -101,7 +104,6 @@ SCREEN_STRIDE = 3  # the screen matches every third descriptor of one image's
 SCREEN_MIN_INLIERS = 6  # there: copies had >= 10, 97% of distinct project candidates < 6
 SCREEN_BELOW_VOTES = 16  # pairs with fewer descriptor votes are screened first (same-pose look-alikes pass it)
 REGISTERED_PER_IMAGE = 2  # only each image's best pairs by inliers are registered in full
-SEEDED_REFINE_STEPS = 3  # Gauss-Newton steps at THUMB_SIDE from the geometric check's transform
 SHORTCUT_ATTRIBUTES = ("format", "mode", "width", "height")
 SHORTCUT_BALANCED_ACCURACY = 0.7
 SHORTCUT_P_VALUE = 1e-3
@@ -169,10 +171,11 @@ class Thumbnails:
     pixels: np.ndarray
     boxes: np.ndarray
     features: list["LocalFeatures | None"]
+    root: Path  # the dataset root the records' paths are relative to: pairs are confirmed from the files
 
     @classmethod
-    def empty(cls, n: int) -> "Thumbnails":
-        return cls(np.zeros((n, THUMB_SIDE, THUMB_SIDE), np.uint8), np.zeros((n, 4), np.int32), [None] * n)
+    def empty(cls, n: int, root: Path) -> "Thumbnails":
+        return cls(np.zeros((n, THUMB_SIDE, THUMB_SIDE), np.uint8), np.zeros((n, 4), np.int32), [None] * n, root)
 
 
 @dataclass(frozen=True)
@@ -197,7 +200,10 @@ def local_features(grey: Image.Image) -> LocalFeatures:
     found = []
     for view in (pixels, np.ascontiguousarray(pixels[:, ::-1])):
         keypoints, descriptors = orb.detectAndCompute(view, None)
-        found += [np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2), np.zeros((0, 32), np.uint8) if descriptors is None else descriptors]
+        found += [
+            np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2),
+            np.zeros((0, 32), np.uint8) if descriptors is None else descriptors,
+        ]
     return LocalFeatures(*found)
 
 
@@ -229,7 +235,10 @@ def _inspect(root: Path, split: str, path: Path, label: int) -> tuple[ImageRecor
         reason = "empty file (0 bytes)" if not data else f"does not decode: {type(exc).__name__}: {exc}"
         return ImageRecord(split, label, relative, "", "", 0, 0, len(data), digest, (), reason), None
     hashes = perceptual_hashes(np.asarray(grey.resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BOX)))
-    return ImageRecord(split, label, relative, fmt, mode, width, height, len(data), digest, hashes), (*thumbnail(grey), local_features(grey))
+    return ImageRecord(split, label, relative, fmt, mode, width, height, len(data), digest, hashes), (
+        *thumbnail(grey),
+        local_features(grey),
+    )
 
 
 def scan(root: Path, *, num_workers: int | None = None, progress: bool = False) -> tuple[list[ImageRecord], Thumbnails]:
@@ -237,7 +246,7 @@ def scan(root: Path, *, num_workers: int | None = None, progress: bool = False) 
     not decode), from a single decode of each file."""
     jobs = [(split, path, label) for split in SPLITS for path, label in list_split_files(root, split)]
     workers = num_workers or min(8, os.cpu_count() or 1)
-    thumbs = Thumbnails.empty(len(jobs))
+    thumbs = Thumbnails.empty(len(jobs), root)
     records = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results: Iterable = pool.map(lambda job: _inspect(root, *job), jobs)
@@ -253,8 +262,7 @@ def scan(root: Path, *, num_workers: int | None = None, progress: bool = False) 
 
 
 # ---------------------------------------------------------------------------------------------
-# Registration: the similarity transform (flip, rotation, scale, shift) that lays one thumbnail
-# on another, from log-polar and plain phase correlation, refined by Gauss-Newton.
+# Log-polar spectra: how well one thumbnail can be turned and scaled onto another, cheaply.
 
 
 def _window(box: Sequence[int], side: int = THUMB_SIDE) -> np.ndarray:
@@ -286,7 +294,9 @@ def _log_polar_grid() -> np.ndarray:
 _LOG_POLAR_GRID = _log_polar_grid()
 _LOG_RADIUS_STEP = np.log(LOG_POLAR_RADII[1] / LOG_POLAR_RADII[0]) / (LOG_POLAR_SHAPE[1] - 1)
 _FREQ_Y, _FREQ_X = np.meshgrid(np.fft.fftfreq(COARSE_SIDE), np.fft.fftfreq(COARSE_SIDE), indexing="ij")
-_EMPHASIS = np.fft.fftshift((1 - np.cos(np.pi * _FREQ_X) * np.cos(np.pi * _FREQ_Y)) * (2 - np.cos(np.pi * _FREQ_X) * np.cos(np.pi * _FREQ_Y)))
+_EMPHASIS = np.fft.fftshift(
+    (1 - np.cos(np.pi * _FREQ_X) * np.cos(np.pi * _FREQ_Y)) * (2 - np.cos(np.pi * _FREQ_X) * np.cos(np.pi * _FREQ_Y))
+)
 
 
 def log_polar_spectrum(apodised: np.ndarray) -> np.ndarray:
@@ -317,10 +327,6 @@ def _scale_limit() -> int:
     return int(np.ceil(np.log(MAX_SCALE) / _LOG_RADIUS_STEP))
 
 
-_SCALES_ALLOWED = np.ones(LOG_POLAR_SHAPE, bool)
-_SCALES_ALLOWED[:, _scale_limit() + 1 : LOG_POLAR_SHAPE[1] - _scale_limit()] = False
-
-
 def rotation_scale_peaks(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
     """Best log-polar phase correlation of each pair (rows of fa, fb: FFTs of log-polar spectra),
     over b and its mirror image: a cheap score of how well b can be rotated and scaled onto a."""
@@ -331,143 +337,6 @@ def rotation_scale_peaks(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
         corr[..., limit + 1 : LOG_POLAR_SHAPE[1] - limit] = -np.inf
         peaks.append(corr.reshape(len(corr), -1).max(1))
     return np.maximum(*peaks)
-
-
-def _peak(corr: np.ndarray, allowed: np.ndarray | None = None) -> tuple[float, float, float]:
-    """Value and sub-pixel position (as signed circular offsets) of a correlation surface's peak
-    (among the `allowed` positions)."""
-    index = np.unravel_index(np.argmax(corr if allowed is None else np.where(allowed, corr, -np.inf)), corr.shape)
-    offsets = []
-    for axis, i in enumerate(index):
-        n = corr.shape[axis]
-        before, after = list(index), list(index)
-        before[axis], after[axis] = (i - 1) % n, (i + 1) % n
-        low, mid, high = corr[tuple(before)], corr[index], corr[tuple(after)]
-        curve = low - 2 * mid + high
-        fraction = float(np.clip(0.5 * (low - high) / curve, -0.5, 0.5)) if curve < 0 else 0.0
-        offset = i + fraction
-        offsets.append(offset - n if offset >= n / 2 else offset)
-    return float(corr[index]), offsets[0], offsets[1]
-
-
-@dataclass(frozen=True)
-class Similarity:
-    """Where output pixel o of image a's frame samples image b (after b's optional mirror):
-    b_yx = [[a, -b], [b, a]] (o - c) + c + (ty, tx), with c the square's centre."""
-
-    a: float
-    b: float
-    ty: float
-    tx: float
-
-    @classmethod
-    def from_rotation(cls, degrees: float, scale: float, shift: tuple[float, float] = (0.0, 0.0)) -> "Similarity":
-        """Lay b onto a when b is a turned by `degrees` and enlarged by `scale`, then shifted."""
-        theta = np.radians(degrees)
-        a, b = np.cos(theta) / scale, -np.sin(theta) / scale
-        ty, tx = shift
-        return cls(a, b, -(a * ty - b * tx), -(b * ty + a * tx))
-
-    def at(self, factor: float) -> "Similarity":
-        """The same map for images `factor` times as large."""
-        return Similarity(self.a, self.b, self.ty * factor, self.tx * factor)
-
-    def coordinates(self, side: int) -> np.ndarray:
-        """Where each pixel of a `side` square samples b: [2, side, side] (y, x)."""
-        c = (side - 1) / 2
-        oy, ox = _centred_grid(side)
-        return np.stack([self.a * oy - self.b * ox + c + self.ty, self.b * oy + self.a * ox + c + self.tx])
-
-    def sample(self, image: np.ndarray) -> np.ndarray:
-        from scipy.ndimage import map_coordinates
-
-        return map_coordinates(image, self.coordinates(image.shape[0]), order=1, mode="constant", cval=0.0)
-
-    def overlap(self, a_box: Sequence[int], b_box: Sequence[int], side: int, margin: float = 2.0) -> np.ndarray:
-        """Pixels inside a's box whose sample point lies inside b's box, `margin` px from every edge."""
-        y, x = self.coordinates(side)
-        inside = np.zeros((side, side), bool)
-        top, left, height, width = a_box
-        inside[top + 2 : top + height - 2, left + 2 : left + width - 2] = True
-        top, left, height, width = b_box
-        return inside & (y >= top + margin) & (y <= top + height - 1 - margin) & (x >= left + margin) & (x <= left + width - 1 - margin)
-
-
-@lru_cache(maxsize=4)
-def _centred_grid(side: int) -> np.ndarray:
-    return np.mgrid[0:side, 0:side].astype(np.float32) - (side - 1) / 2
-
-
-def _mirror_box(box: Sequence[int], side: int = THUMB_SIDE) -> tuple[int, int, int, int]:
-    top, left, height, width = box
-    return top, side - left - width, height, width
-
-
-def _refine(a: np.ndarray, b: np.ndarray, a_box: Sequence[int], b_box: Sequence[int], warp: Similarity, steps: int) -> Similarity:
-    """Gauss-Newton steps on the similarity, refitting gain and offset of the intensities at each
-    step (so brightness and contrast do not matter), on lightly smoothed images."""
-    from scipy.ndimage import gaussian_filter
-
-    a, b = gaussian_filter(a, 1.0), gaussian_filter(b, 1.0)
-    oy, ox = _centred_grid(a.shape[0])
-    for _ in range(steps):
-        inside = warp.overlap(a_box, b_box, a.shape[0])
-        if inside.sum() < 64:
-            break
-        warped = warp.sample(b)
-        gy, gx = np.gradient(warped)
-        # b's gradients at the sampled points: the warped image's, through the inverse map
-        det = warp.a**2 + warp.b**2
-        by, bx = ((warp.a * gy - warp.b * gx) / det)[inside], ((warp.b * gy + warp.a * gx) / det)[inside]
-        target, moving = a[inside], warped[inside]
-        moving_centred = moving - moving.mean()
-        gain = float(moving_centred @ (target - target.mean())) / (float(moving_centred @ moving_centred) + 1e-9)
-        residual = target - target.mean() - gain * moving_centred
-        y, x = oy[inside], ox[inside]
-        jacobian = gain * np.stack([by * y + bx * x, bx * y - by * x, by, bx])
-        jacobian -= jacobian.mean(1, keepdims=True)  # the offset is refitted, so only changes about the mean count
-        step = np.linalg.solve(jacobian @ jacobian.T + 1e-6 * np.eye(4), jacobian @ residual)
-        warp = Similarity(warp.a + step[0], warp.b + step[1], warp.ty + step[2], warp.tx + step[3])
-        if np.abs(step[2:]).max() < 0.02 and np.abs(step[:2]).max() < 2e-4:
-            break
-    return warp
-
-
-def register(
-    a: np.ndarray, a_box: Sequence[int], b: np.ndarray, b_box: Sequence[int], seed: tuple[bool, Similarity] | None = None
-) -> tuple[bool, Similarity]:
-    """Whether b must be mirrored (left-right) and the similarity that then lays it on a.
-
-    With a `seed` (mirror and similarity, e.g. `orb_similarity` of the geometric check) only
-    refined at THUMB_SIDE. Otherwise searched: rotation and scale from the phase correlation of
-    the log-polar spectra (for b and its mirror image; a vertical flip is a mirror turned 180
-    degrees, so each rotation is tried at +180 too), the shift from the phase correlation of the
-    rotated and scaled image, the best of the four by that correlation, then refined at
-    COARSE_SIDE and at THUMB_SIDE."""
-    if seed is not None:
-        mirror, warp = seed
-        b_view, box = (b[:, ::-1], _mirror_box(b_box)) if mirror else (b, b_box)
-        return mirror, _refine(a.astype(np.float32), b_view.astype(np.float32), a_box, box, warp, steps=SEEDED_REFINE_STEPS)
-    coarse_a = _apodised(a, a_box)
-    fa, polar_fa = np.fft.fft2(coarse_a), np.fft.fft2(log_polar_spectrum(coarse_a))
-    best = (-np.inf, False, Similarity(1, 0, 0, 0))
-    for mirror in (False, True):
-        b_view, box = (b[:, ::-1], _mirror_box(b_box)) if mirror else (b, b_box)
-        coarse_b = _apodised(b_view, box)
-        corr = _phase_correlation(polar_fa, np.fft.fft2(log_polar_spectrum(coarse_b)))
-        _, angle_step, radius_step = _peak(corr, _SCALES_ALLOWED)
-        degrees, scale = -angle_step * 180 / LOG_POLAR_SHAPE[0], np.exp(-radius_step * _LOG_RADIUS_STEP)
-        for turn in (degrees, degrees + 180):
-            warp = Similarity.from_rotation(turn, scale)
-            value, dy, dx = _peak(_phase_correlation(fa, np.fft.fft2(warp.sample(coarse_b))))
-            if value > best[0]:
-                best = (value, mirror, Similarity.from_rotation(turn, scale, (dy, dx)))
-    _, mirror, warp = best
-    b_view, box = (b[:, ::-1], _mirror_box(b_box)) if mirror else (b, b_box)
-    coarse = [p.astype(np.float32).reshape(COARSE_SIDE, 2, COARSE_SIDE, 2).mean((1, 3)) for p in (a, b_view)]
-    warp = _refine(*coarse, [v // 2 for v in a_box], [v // 2 for v in box], warp, steps=5).at(THUMB_SIDE / COARSE_SIDE)
-    warp = _refine(a.astype(np.float32), b_view.astype(np.float32), a_box, box, warp, steps=2)
-    return mirror, warp
 
 
 def _band(image: np.ndarray, sigmas: tuple[float, float]) -> np.ndarray:
@@ -482,52 +351,79 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
 
 
-def _grain_correlation(a: np.ndarray, b: np.ndarray, inside: np.ndarray) -> float:
-    """Mean correlation of the two images' grain (a band-pass) over the flattest half of the
-    patches inside the overlap: where no edge is, distinct radiographs share nothing but a copy
-    still shares its source's noise and texture."""
-    side, p = a.shape[0], GRAIN_PATCH
-
-    def patches(x: np.ndarray) -> np.ndarray:
-        return x.reshape(side // p, p, side // p, p).transpose(0, 2, 1, 3).reshape(-1, p * p)
-
-    full = patches(inside).all(1)
-    grain_a, grain_b = patches(_band(a, GRAIN_BAND))[full], patches(_band(b, GRAIN_BAND))[full]
-    if len(grain_a) < 4:
-        return -1.0
-    energy = np.maximum(grain_a.std(1), grain_b.std(1))
-    flat = energy <= np.median(energy)
-    return float(_correlation(grain_a[flat], grain_b[flat]).mean())
-
-
 @dataclass(frozen=True)
 class Match:
-    """How well b matches a once registered: `detail`, the correlation of their fine detail over
-    the overlap; `grain`, that of their grain away from edges (-1 when they barely overlap)."""
+    """How well b matches a once laid on it at native resolution: `detail`, the correlation of
+    their fine detail over the overlap; `texture`, the lower quartile of that correlation over
+    the overlap's 16 px patches (-1 when they barely overlap or a file no longer decodes)."""
 
     detail: float
-    grain: float
+    texture: float
     inliers: int = 0  # ORB matches consistent with one copy's transform (`geometric_check`)
 
-    def confirms(self, min_detail: float = DEFAULT_MIN_DETAIL_CORRELATION, min_grain: float = MIN_GRAIN_CORRELATION) -> bool:
-        return self.detail >= min_detail and self.grain >= min_grain
+    def confirms(self, min_detail: float = DEFAULT_MIN_DETAIL_CORRELATION, min_texture: float = MIN_TEXTURE_CORRELATION) -> bool:
+        return self.detail >= min_detail and self.texture >= min_texture
 
 
-def match(
-    a: np.ndarray, a_box: Sequence[int], b: np.ndarray, b_box: Sequence[int], inliers: int = 0, seed: tuple[bool, Similarity] | None = None
-) -> Match:
-    """Register b on a (from `seed` if given), then compare their fine detail and their grain.
-    Near 1 both for the same radiograph however flipped, turned, scaled, shifted, cropped,
-    re-encoded or re-exposed; another radiograph of the same pose may match in detail (its edges
-    align) but not in grain."""
-    mirror, warp = register(a, a_box, b, b_box, seed)
-    b_view, box = (b[:, ::-1], _mirror_box(b_box)) if mirror else (b, b_box)
-    inside = warp.overlap(a_box, box, THUMB_SIDE)
-    if inside.sum() < MIN_OVERLAP * min(a_box[2] * a_box[3], box[2] * box[3]):
+def _patch_correlations(a: np.ndarray, b: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Correlation of a and b in each TEXTURE_PATCH square wholly inside the overlap where both
+    have some texture (a copy's shadows clipped to black or flattened by JPEG have none)."""
+    p = TEXTURE_PATCH
+    height, width = (a.shape[0] // p) * p, (a.shape[1] // p) * p
+
+    def patches(x: np.ndarray) -> np.ndarray:
+        return x[:height, :width].reshape(height // p, p, width // p, p).transpose(0, 2, 1, 3).reshape(-1, p * p)
+
+    full = patches(inside).all(1)
+    a, b = patches(a)[full], patches(b)[full]
+    textured = (a.std(1) >= MIN_TEXTURE_STD) & (b.std(1) >= MIN_TEXTURE_STD)  # not clipped or flattened to nothing
+    return _correlation(a[textured], b[textured])
+
+
+def native_grey(path: Path, side: int) -> np.ndarray | None:
+    """The file's grey image (as the scan decodes it) scaled so its longer side is `side`."""
+    try:
+        with Image.open(path) as image:
+            if image.format == "JPEG":
+                image.draft("L", (side, side))
+            grey = to_8bit(ImageOps.exif_transpose(image)).convert("L")
+    except Exception:  # noqa: BLE001 - changed or damaged since the scan: not confirmable
+        return None
+    scale = side / max(grey.size)
+    return np.asarray(
+        grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))), Image.Resampling.BILINEAR), np.float32
+    )
+
+
+def compare_side(a: ImageRecord, b: ImageRecord) -> int:
+    """Where two files are compared: the smaller one's native longer side, at most FEATURE_SIDE."""
+    return min(FEATURE_SIDE, max(a.width, a.height), max(b.width, b.height))
+
+
+def match(a: np.ndarray, b: np.ndarray, check: "GeometricCheck", inliers: int | None = None) -> Match:
+    """Lay b (grey, its mirror image when `check.mirror`) on a with the geometric check's
+    similarity, both at the same scale (`compare_side`), then compare their fine detail over the
+    overlap and patch by patch. A copy matches everywhere, up to its re-encoding and noise;
+    another radiograph of the same pose matches along its shared edges but not in its texture,
+    and an unrelated one in neither."""
+    import cv2
+
+    inliers = check.inliers if inliers is None else inliers
+    if check.transform is None:
         return Match(-1.0, -1.0, inliers)
-    a, b = a.astype(np.float32), warp.sample(b_view.astype(np.float32))
-    detail = float(_correlation(_band(a, DETAIL_BAND)[inside], _band(b, DETAIL_BAND)[inside]))
-    return Match(round(detail, 4), round(_grain_correlation(a, b, inside), 4), inliers)
+    transform = check.transform.astype(np.float32).copy()
+    transform[:, 2] *= max(a.shape) / FEATURE_SIDE  # feature px -> px of the compared images
+    b_view = np.ascontiguousarray(b[:, ::-1]) if check.mirror else b
+    size = (a.shape[1], a.shape[0])
+    laid = cv2.warpAffine(b_view, transform, size, flags=cv2.INTER_LINEAR)
+    inside = cv2.warpAffine(np.ones_like(b_view, np.uint8), transform, size, flags=cv2.INTER_NEAREST)
+    inside = cv2.erode(inside, np.ones((5, 5), np.uint8)) > 0  # interpolated border pixels out
+    if inside.sum() < MIN_OVERLAP * min(a.size, b.size):
+        return Match(-1.0, -1.0, inliers)
+    detail = float(_correlation(_band(a, DETAIL_BAND)[inside], _band(laid, DETAIL_BAND)[inside]))
+    patches = _patch_correlations(_band(a, TEXTURE_BAND), _band(laid, TEXTURE_BAND), inside)
+    texture = float(np.percentile(patches, 25)) if len(patches) >= 4 else -1.0
+    return Match(round(detail, 4), round(texture, 4), inliers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -551,7 +447,9 @@ def _invariants(polar_ffts: np.ndarray) -> np.ndarray:
     return magnitude / (np.linalg.norm(magnitude, axis=1, keepdims=True) + 1e-12)
 
 
-def _candidates(records: Sequence[ImageRecord], thumbs: Thumbnails, chunk: int = 512) -> tuple[set[tuple[int, int]], "DescriptorVotes | None"]:
+def _candidates(
+    records: Sequence[ImageRecord], thumbs: Thumbnails, chunk: int = 512
+) -> tuple[set[tuple[int, int]], "DescriptorVotes | None"]:
     """Pairs (i < j) worth registering: close perceptual hashes under some flip (re-encoded,
     resized, flipped copies), and each image's CANDIDATES best of its SHORTLIST nearest
     neighbours by the shift-, rotation-, scale- and mirror-free spectrum, ranked by how well
@@ -679,7 +577,9 @@ class GeometricCheck:
     transform: np.ndarray | None = None
 
 
-def geometric_check(a: LocalFeatures, b: LocalFeatures, orientations: tuple[bool, ...] = (False, True), screen: bool = False) -> GeometricCheck:
+def geometric_check(
+    a: LocalFeatures, b: LocalFeatures, orientations: tuple[bool, ...] = (False, True), screen: bool = False
+) -> GeometricCheck:
     """How many of b's ORB matches (b or its mirror image) a single similarity transform of a
     copy's range (turn within MAX_TURN_DEGREES of 0 or 180, scale in SCALE_RANGE) lays on a's,
     by RANSAC, and that transform; 0 inliers when the best transform is not a copy's. With
@@ -688,7 +588,10 @@ def geometric_check(a: LocalFeatures, b: LocalFeatures, orientations: tuple[bool
     best = GeometricCheck(0)
     for mirror in orientations:
         points, descriptors = (b.mirror_points, b.mirror_descriptors) if mirror else (b.points, b.descriptors)
-        if screen and _similarity_inliers(a.points[::SCREEN_STRIDE], a.descriptors[::SCREEN_STRIDE], points, descriptors)[0] < SCREEN_MIN_INLIERS:
+        if (
+            screen
+            and _similarity_inliers(a.points[::SCREEN_STRIDE], a.descriptors[::SCREEN_STRIDE], points, descriptors)[0] < SCREEN_MIN_INLIERS
+        ):
             continue
         inliers, transform = _similarity_inliers(a.points, a.descriptors, points, descriptors)
         if inliers > best.inliers:
@@ -696,13 +599,19 @@ def geometric_check(a: LocalFeatures, b: LocalFeatures, orientations: tuple[bool
     return best
 
 
-def _similarity_inliers(a_points: np.ndarray, a_descriptors: np.ndarray, points: np.ndarray, descriptors: np.ndarray) -> tuple[int, np.ndarray | None]:
+def _similarity_inliers(
+    a_points: np.ndarray, a_descriptors: np.ndarray, points: np.ndarray, descriptors: np.ndarray
+) -> tuple[int, np.ndarray | None]:
     """RANSAC inliers and transform of the cross-checked matches, when the transform is a copy's."""
     import cv2
 
     if len(a_descriptors) < 4 or len(descriptors) < 4:
         return 0, None
-    matches = [m for m in cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(a_descriptors, descriptors) if m.distance <= MAX_DESCRIPTOR_DISTANCE]
+    matches = [
+        m
+        for m in cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(a_descriptors, descriptors)
+        if m.distance <= MAX_DESCRIPTOR_DISTANCE
+    ]
     if len(matches) < 4:
         return 0, None
     source = points[[m.trainIdx for m in matches]]
@@ -717,25 +626,6 @@ def _similarity_inliers(a_points: np.ndarray, a_descriptors: np.ndarray, points:
     return 0, None
 
 
-def orb_similarity(check: GeometricCheck, a_box: Sequence[int], b_box: Sequence[int]) -> tuple[bool, Similarity]:
-    """The geometric check's transform as `register`'s seed: where each pixel of a's thumbnail
-    samples b's (mirrored when `check.mirror`). Feature images are THUMB_SIDE / FEATURE_SIDE
-    of the thumbnail's scale, before the thumbnail's offset on its square."""
-    import cv2
-
-    ratio = THUMB_SIDE / FEATURE_SIDE
-    box = _mirror_box(b_box) if check.mirror else b_box
-
-    def to_thumb(box: Sequence[int]) -> np.ndarray:  # feature px (x, y) -> thumbnail px, pixel centres kept
-        return np.array([[ratio, 0, 0.5 * ratio - 0.5 + box[1]], [0, ratio, 0.5 * ratio - 0.5 + box[0]], [0, 0, 1]])
-
-    inverse = np.vstack([cv2.invertAffineTransform(check.transform), [0, 0, 1]])  # a's feature px -> b's
-    g = to_thumb(box) @ inverse @ np.linalg.inv(to_thumb(a_box))
-    c = (THUMB_SIDE - 1) / 2
-    centre = g @ [c, c, 1]
-    return check.mirror, Similarity((g[0, 0] + g[1, 1]) / 2, (g[0, 1] - g[1, 0]) / 2, centre[1] - c, centre[0] - c)
-
-
 def _best_per_image(inliers: dict[tuple[int, int], int]) -> set[tuple[int, int]]:
     """Pairs with at least MIN_INLIERS that are among the REGISTERED_PER_IMAGE best of one member."""
     ranked: dict[int, list[tuple[int, tuple[int, int]]]] = {}
@@ -746,8 +636,11 @@ def _best_per_image(inliers: dict[tuple[int, int], int]) -> set[tuple[int, int]]
     return {pair for entries in ranked.values() for _, pair in sorted(entries, reverse=True)[:REGISTERED_PER_IMAGE]}
 
 
-def near_duplicate_scores(records: Sequence[ImageRecord], thumbs: Thumbnails, num_workers: int | None = None) -> dict[tuple[int, int], Match]:
-    """The `match` of the candidate pairs of distinct files that pass the geometric check."""
+def near_duplicate_scores(
+    records: Sequence[ImageRecord], thumbs: Thumbnails, num_workers: int | None = None
+) -> dict[tuple[int, int], Match]:
+    """The `match` of the candidate pairs of distinct files that pass the geometric check, each
+    file decoded once more at the pair's `compare_side` (only files in such pairs)."""
     candidates, votes = _candidates(records, thumbs)
     pairs = [(i, j) for i, j in sorted(candidates) if records[i].sha256 != records[j].sha256]
     workers = num_workers or min(8, os.cpu_count() or 1)
@@ -762,13 +655,19 @@ def near_duplicate_scores(records: Sequence[ImageRecord], thumbs: Thumbnails, nu
     with ThreadPoolExecutor(max_workers=workers) as pool:  # OpenCV releases the GIL
         checks = dict(zip(pairs, pool.map(check, pairs)))
     chosen = sorted(_best_per_image({pair: check.inliers for pair, check in checks.items()}))
+    sides = {pair: compare_side(records[pair[0]], records[pair[1]]) for pair in chosen}
+    needed = sorted({(i, side) for pair, side in sides.items() for i in pair})
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        greys = dict(zip(needed, pool.map(lambda key: native_grey(thumbs.root / records[key[0]].path, key[1]), needed)))
 
     def confirm(pair: tuple[int, int]) -> Match:
-        (i, j), check = pair, checks[pair]
-        seed = orb_similarity(check, thumbs.boxes[i], thumbs.boxes[j])
-        return match(thumbs.pixels[i], thumbs.boxes[i], thumbs.pixels[j], thumbs.boxes[j], check.inliers, seed)
+        a, b = (greys[(k, sides[pair])] for k in pair)
+        if a is None or b is None:
+            return Match(-1.0, -1.0, checks[pair].inliers)
+        return match(a, b, checks[pair])
 
-    return dict(zip(chosen, map(confirm, chosen)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return dict(zip(chosen, pool.map(confirm, chosen)))
 
 
 def duplicate_groups(
@@ -867,7 +766,9 @@ def shortcut_scores(records: Sequence[ImageRecord]) -> list[dict]:
         train_majority = int(np.bincount(labels[~held_out], minlength=len(CLASS_NAMES)).argmax()) if (~held_out).any() else 0
         rule = {v: (int(counts[k].argmax()) if counts[k].sum() else train_majority) for k, v in enumerate(distinct)}
         predicted = np.array([rule[v] for v in values])
-        recalls = [float((predicted[held_out & (labels == c)] == c).mean()) for c in range(len(CLASS_NAMES)) if (held_out & (labels == c)).any()]
+        recalls = [
+            float((predicted[held_out & (labels == c)] == c).mean()) for c in range(len(CLASS_NAMES)) if (held_out & (labels == c)).any()
+        ]
         balanced = float(np.mean(recalls)) if recalls else float("nan")
         table = np.zeros((len(distinct), len(CLASS_NAMES)), dtype=np.int64)
         for value, label in zip(values, labels):
@@ -928,7 +829,11 @@ def audit_records(records: Sequence[ImageRecord], thumbs: Thumbnails, *, min_det
 
 
 def audit_dataset(
-    data_dir: str | os.PathLike, *, min_detail: float = DEFAULT_MIN_DETAIL_CORRELATION, cache_dir: Path | None = None, progress: bool = False
+    data_dir: str | os.PathLike,
+    *,
+    min_detail: float = DEFAULT_MIN_DETAIL_CORRELATION,
+    cache_dir: Path | None = None,
+    progress: bool = False,
 ) -> dict:
     """Audit a dataset folder (any layout `resolve_dataset_root` accepts); cached by file stats."""
     root = resolve_dataset_root(data_dir)
@@ -993,7 +898,9 @@ def format_audit(report: dict, max_groups: int = 10) -> str:
     lines += ["", "Attributes that could give the class away (learned on train, scored on val + test):"]
     for s in report["shortcuts"]:
         flag = "  SHORTCUT" if s["flagged"] else ""
-        lines.append(f"  {s['attribute']:>7}: balanced accuracy {s['held_out_balanced_accuracy']:.2f}, chi-square p {s['chi_square_p']:.2g}{flag}")
+        lines.append(
+            f"  {s['attribute']:>7}: balanced accuracy {s['held_out_balanced_accuracy']:.2f}, chi-square p {s['chi_square_p']:.2g}{flag}"
+        )
         if s["flagged"]:
             lines.append("           " + ", ".join(f"{v} -> {c}" for v, c in s["rule"].items()))
     bad = report["bad_files"]
@@ -1003,17 +910,24 @@ def format_audit(report: dict, max_groups: int = 10) -> str:
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Audit a fracture dataset: duplicates across splits, shortcuts, bad files.", add_help=add_help)
-    parser.add_argument("--data-dir", type=Path, required=True, help="dataset folder (the Kaggle download or any folder with train/ val/ test/)")
+    parser = argparse.ArgumentParser(
+        description="Audit a fracture dataset: duplicates across splits, shortcuts, bad files.", add_help=add_help
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, required=True, help="dataset folder (the Kaggle download or any folder with train/ val/ test/)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write audit.json, duplicates.csv and attributes.csv here")
     parser.add_argument(
         "--min-detail-correlation",
         type=float,
         default=DEFAULT_MIN_DETAIL_CORRELATION,
-        help="near-duplicate threshold: correlation of two images' fine detail once registered (flip, rotation, scale, shift); "
-        f"their grain must correlate at >= {MIN_GRAIN_CORRELATION} too (default: %(default)s)",
+        help="near-duplicate threshold: correlation of two images' fine detail once laid on each other (flip, rotation, scale, "
+        f"shift), at the smaller one's resolution; their texture must correlate at >= {MIN_TEXTURE_CORRELATION} in 3 of 4 "
+        "patches too (default: %(default)s)",
     )
-    parser.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default: $FRACTURE_CACHE_DIR, else ~/.cache/fracture-tune)")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="cache folder (default: $FRACTURE_CACHE_DIR, else ~/.cache/fracture-tune)"
+    )
     return parser
 
 
