@@ -190,12 +190,26 @@ class LocalFeatures:
     mirror_descriptors: np.ndarray
 
 
+def _grey(image: Image.Image, side: int) -> Image.Image:
+    """The file's grey image as the audit sees it (8-bit, EXIF orientation applied); a JPEG is
+    decoded at the smallest DCT scale that still gives `side` px."""
+    if image.format == "JPEG":
+        image.draft("L", (side, side))
+    image.load()
+    return to_8bit(ImageOps.exif_transpose(image)).convert("L")
+
+
+def _resized(grey: Image.Image, side: int) -> Image.Image:
+    """`grey` scaled (bilinear) so its longer side is `side` px."""
+    scale = side / max(grey.size)
+    return grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))), Image.Resampling.BILINEAR)
+
+
 def local_features(grey: Image.Image) -> LocalFeatures:
     """ORB on the grey image scaled to FEATURE_SIDE and on its mirror image."""
     import cv2
 
-    scale = FEATURE_SIDE / max(grey.size)
-    pixels = np.asarray(grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))), Image.Resampling.BILINEAR))
+    pixels = np.asarray(_resized(grey, FEATURE_SIDE))
     orb = cv2.ORB_create(nfeatures=ORB_FEATURES, scaleFactor=1.2, nlevels=6, edgeThreshold=15, patchSize=15, fastThreshold=5)
     found = []
     for view in (pixels, np.ascontiguousarray(pixels[:, ::-1])):
@@ -209,11 +223,11 @@ def local_features(grey: Image.Image) -> LocalFeatures:
 
 def thumbnail(image: Image.Image) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """The grey image scaled so its longer side is THUMB_SIDE, centred on a black square."""
-    scale = THUMB_SIDE / max(image.size)
-    width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    pixels = np.asarray(_resized(image, THUMB_SIDE))
+    height, width = pixels.shape
     top, left = (THUMB_SIDE - height) // 2, (THUMB_SIDE - width) // 2
     square = np.zeros((THUMB_SIDE, THUMB_SIDE), np.uint8)
-    square[top : top + height, left : left + width] = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
+    square[top : top + height, left : left + width] = pixels
     return square, (top, left, height, width)
 
 
@@ -227,10 +241,7 @@ def _inspect(root: Path, split: str, path: Path, label: int) -> tuple[ImageRecor
     try:
         with Image.open(io.BytesIO(data)) as image:
             fmt, mode, (width, height) = image.format or "", image.mode, image.size
-            if image.format == "JPEG":
-                image.draft("L", (FEATURE_SIDE, FEATURE_SIDE))
-            image.load()
-            grey = to_8bit(ImageOps.exif_transpose(image)).convert("L")
+            grey = _grey(image, FEATURE_SIDE)
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for damaged files
         reason = "empty file (0 bytes)" if not data else f"does not decode: {type(exc).__name__}: {exc}"
         return ImageRecord(split, label, relative, "", "", 0, 0, len(data), digest, (), reason), None
@@ -384,15 +395,10 @@ def native_grey(path: Path, side: int) -> np.ndarray | None:
     """The file's grey image (as the scan decodes it) scaled so its longer side is `side`."""
     try:
         with Image.open(path) as image:
-            if image.format == "JPEG":
-                image.draft("L", (side, side))
-            grey = to_8bit(ImageOps.exif_transpose(image)).convert("L")
+            grey = _grey(image, side)
     except Exception:  # noqa: BLE001 - changed or damaged since the scan: not confirmable
         return None
-    scale = side / max(grey.size)
-    return np.asarray(
-        grey.resize((max(1, round(grey.width * scale)), max(1, round(grey.height * scale))), Image.Resampling.BILINEAR), np.float32
-    )
+    return np.asarray(_resized(grey, side), np.float32)
 
 
 def compare_side(a: ImageRecord, b: ImageRecord) -> int:
@@ -400,7 +406,7 @@ def compare_side(a: ImageRecord, b: ImageRecord) -> int:
     return min(FEATURE_SIDE, max(a.width, a.height), max(b.width, b.height))
 
 
-def match(a: np.ndarray, b: np.ndarray, check: "GeometricCheck", inliers: int | None = None) -> Match:
+def match(a: np.ndarray, b: np.ndarray, check: "GeometricCheck") -> Match:
     """Lay b (grey, its mirror image when `check.mirror`) on a with the geometric check's
     similarity, both at the same scale (`compare_side`), then compare their fine detail over the
     overlap and patch by patch. A copy matches everywhere, up to its re-encoding and noise;
@@ -408,7 +414,7 @@ def match(a: np.ndarray, b: np.ndarray, check: "GeometricCheck", inliers: int | 
     and an unrelated one in neither."""
     import cv2
 
-    inliers = check.inliers if inliers is None else inliers
+    inliers = check.inliers
     if check.transform is None:
         return Match(-1.0, -1.0, inliers)
     transform = check.transform.astype(np.float32).copy()
