@@ -398,7 +398,7 @@ def native_grey(path: Path, side: int) -> np.ndarray | None:
             grey = _grey(image, side)
     except Exception:  # noqa: BLE001 - changed or damaged since the scan: not confirmable
         return None
-    return np.asarray(_resized(grey, side), np.float32)
+    return np.asarray(_resized(grey, side))  # uint8: a job holds every file of the confirmed pairs at once
 
 
 def compare_side(a: ImageRecord, b: ImageRecord) -> int:
@@ -419,6 +419,7 @@ def match(a: np.ndarray, b: np.ndarray, check: "GeometricCheck") -> Match:
         return Match(-1.0, -1.0, inliers)
     transform = check.transform.astype(np.float32).copy()
     transform[:, 2] *= max(a.shape) / FEATURE_SIDE  # feature px -> px of the compared images
+    a, b = a.astype(np.float32), b.astype(np.float32)
     b_view = np.ascontiguousarray(b[:, ::-1]) if check.mirror else b
     size = (a.shape[1], a.shape[0])
     laid = cv2.warpAffine(b_view, transform, size, flags=cv2.INTER_LINEAR)
