@@ -37,6 +37,7 @@ ADMIN_PASSWORD_ENV = "MLFLOW_AUTH_ADMIN_PASSWORD"
 SECRET_KEY_ENV = "MLFLOW_FLASK_SERVER_SECRET_KEY"
 START_TIMEOUT_S = 180
 APP_NAME = "fracture-tune"
+DEFAULT_PERMISSIONS = ("READ", "NO_PERMISSIONS")  # writes always need a grant
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -57,6 +58,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="where proxied artifacts go: a folder or s3://bucket/prefix (default: <store>/artifacts)",
     )
     parser.add_argument("--auth", action="store_true", help=f"basic-auth; the admin password comes from ${ADMIN_PASSWORD_ENV} (user admin)")
+    parser.add_argument(
+        "--default-permission",
+        choices=DEFAULT_PERMISSIONS,
+        default="READ",
+        help="--auth: what a user may do in an experiment nobody granted them anything on; READ lets teammates read each "
+        "other's runs (leaderboards), NO_PERMISSIONS shows each user only the experiments they create or are granted "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without --auth")
     parser.add_argument("--workers", type=int, default=1, help="server worker processes (default: %(default)s)")
     parser.add_argument(
@@ -111,7 +120,7 @@ def _set_admin_password(users: Path, password: str) -> None:
         accounts.update_user("admin", password=password)
 
 
-def _auth_settings(store: Path, env: dict) -> dict:
+def _auth_settings(store: Path, env: dict, default_permission: str) -> dict:
     """The basic-auth config file and secret key under <store>/auth; never a default password."""
     if not env.get(ADMIN_PASSWORD_ENV):
         raise UserError(
@@ -128,7 +137,7 @@ def _auth_settings(store: Path, env: dict) -> dict:
     config = folder / "basic_auth.ini"
     config.write_text(
         "[mlflow]\n"
-        "default_permission = READ\n"  # teammates read each other's runs (leaderboards); writes need a grant
+        f"default_permission = {default_permission}\n"
         f"database_uri = sqlite:///{folder / 'users.db'}\n"
         "admin_username = admin\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
@@ -225,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job runner: 2 processes instead of 15
     if args.auth:
-        env.update(_auth_settings(store, env))
+        env.update(_auth_settings(store, env, args.default_permission))
         env[AUTH_ENV] = "1"
     else:
         env.pop(AUTH_ENV, None)

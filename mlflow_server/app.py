@@ -2,7 +2,7 @@
 
 Registered as the MLflow app plugin `fracture-tune` (pyproject entry point `mlflow.app`), so
 MLflow's server runs it in its workers; with --auth it is wrapped by MLflow's basic-auth like
-every other route, so the page needs a login too.
+every other route, so the page needs a login too, and shows each user only the experiments they may read.
 """
 
 from __future__ import annotations
@@ -15,23 +15,42 @@ AUTH_ENV = "FRACTURE_MLFLOW_AUTH"
 MAX_REQUEST_ENV = "FRACTURE_MLFLOW_MAX_REQUEST_BYTES"
 DEFAULT_MAX_REQUEST_MB = 8.0  # a search's largest write is a batch of 1,000 metrics, well under 1 MB
 ARTIFACT_ROUTES = ("/api/2.0/mlflow-artifacts/", "/ajax-api/2.0/mlflow-artifacts/")  # uploads: large by nature
+LEADERBOARD_ROUTE = "/leaderboard"
 
 
 def create_app():
     from mlflow.server import app
 
     if "fracture_leaderboard" not in app.view_functions:
-        app.add_url_rule("/leaderboard", "fracture_leaderboard", leaderboard_page, methods=["GET"])
+        app.add_url_rule(LEADERBOARD_ROUTE, "fracture_leaderboard", leaderboard_page, methods=["GET"])
         app.before_request(_cap_request_body)
     if os.environ.get(AUTH_ENV) == "1":
-        from mlflow.server.auth import create_app as with_basic_auth
+        from mlflow.server import auth
 
-        return with_basic_auth(app)  # FastAPI-wrapped under uvicorn, as MLflow's own plugin does
+        # Basic-auth refuses (403) any route it has no validator for, even to a logged-in user; the
+        # page is for every logged-in user, and filters its rows by their permissions itself.
+        auth.BEFORE_REQUEST_VALIDATORS[(LEADERBOARD_ROUTE, "GET")] = _any_logged_in_user
+        return auth.create_app(app)  # FastAPI-wrapped under uvicorn, as MLflow's own plugin does
     if os.environ.get("_MLFLOW_SGI_NAME") == "uvicorn":
         from mlflow.server.fastapi_app import create_fastapi_app
 
         return create_fastapi_app(app)
     return app
+
+
+def _any_logged_in_user() -> bool:
+    """Basic-auth asks a route's validator only once the login has passed (anonymous: 401)."""
+    return True
+
+
+def _readable_experiments():
+    """With --auth, the filter that keeps the experiments the logged-in user may read: MLflow's own,
+    the one its run search applies (admins: all; grants, then the server's default permission)."""
+    if os.environ.get(AUTH_ENV) != "1":
+        return None
+    from mlflow.server.auth import filter_experiment_ids
+
+    return filter_experiment_ids
 
 
 def _cap_request_body():
@@ -71,7 +90,8 @@ def leaderboard_page():
     except UserError as exc:  # a typo in the form: say so, and show the default ranking
         form["error"], metric = str(exc), DEFAULT_SELECTION_METRIC
     store = os.environ[BACKEND_STORE_URI_ENV_VAR]
-    jobs = collect_jobs(MlflowClient(store), request.host_url, metric, arch=arch, team=team)
+    # The page reads the store directly, beside MLflow's API, so it applies the user's permissions itself.
+    jobs = collect_jobs(MlflowClient(store), request.host_url, metric, arch=arch, team=team, readable=_readable_experiments())
     groups = rank(jobs, metric, by=by)
     hint = "No finished searches yet. Run one with: python -m tuning.run --synthetic --arch cnn --num-samples 8"
     page = render_html(groups, study_rows(arch), metric, hint, form=form, plot=_comparison_plot(groups, study_rows(None)))

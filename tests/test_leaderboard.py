@@ -157,3 +157,67 @@ def test_jobs_on_other_data_or_sizes_are_never_ranked_together():
     assert ranked == {("d1", "224"): [("a", 1), ("b", 2)], ("d2", "224"): [("c", 1)], ("d1", "128"): [("d", 1)]}
     loss = rank([job("x", 0.5, "d", "s"), job("y", 0.3, "d", "s")], "val_loss")
     assert [j.job for j in loss[0].jobs] == ["y", "x"]  # lower loss ranks first
+
+
+ADMIN_PASSWORD = "admin-secret-for-this-test"
+
+
+@pytest.fixture(scope="module")
+def guarded_server(ray_session, tiny_download: Path, tmp_path_factory) -> MlflowServer:
+    """A basic-auth server whose users get only what they are granted (--default-permission NO_PERMISSIONS),
+    holding one finished cnn search (team alpha) and one resnet50 search (team beta): two experiments."""
+    from tests.conftest import search_args
+
+    root = tmp_path_factory.mktemp("guarded")
+    server = MlflowServer(
+        root / "store", "--auth", "--default-permission", "NO_PERMISSIONS", env={"MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    ).start()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
+        for arch, team in (("cnn", "alpha"), ("resnet50", "beta")):
+            flags = ["--arch", arch, "--weights", "none", "--epochs", "1", "--num-samples", "1", "--scheduler", "none"]
+            flags += ["--confirm-top", "0", "--metric", "val_loss", "--team", team, "--tracking-uri", server.url]
+            assert search(search_args(tiny_download, root / "runs", f"{team}-{arch}-job", *flags)) == 0  # the last --arch counts
+    yield server
+    server.stop()
+
+
+def _page(server: MlflowServer, user: str | None = None, password: str | None = None) -> tuple[int, str]:
+    import base64
+    import urllib.error
+    import urllib.request
+
+    from tests.conftest import DIRECT
+
+    headers = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()} if user else {}
+    try:
+        with DIRECT.open(urllib.request.Request(f"{server.url}/leaderboard?metric=val_loss", headers=headers), timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def test_the_leaderboard_page_shows_each_user_the_experiments_they_may_read(guarded_server, monkeypatch):
+    from mlflow import MlflowClient
+    from mlflow.server.auth.client import AuthServiceClient
+
+    server = guarded_server
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
+    accounts = AuthServiceClient(server.url)
+    cnn = MlflowClient(server.url).get_experiment_by_name("fracture-cnn").experiment_id
+    accounts.create_user("reader", "reader-password-1")
+    accounts.grant_user_permission("reader", "experiment", cnn, "READ")  # fracture-resnet50: no grant, and the default is none
+    accounts.create_user("newcomer", "newcomer-password-1")  # no grant at all
+
+    status, admin_page = _page(server, "admin", ADMIN_PASSWORD)
+    assert status == 200 and "alpha-cnn-job" in admin_page and "beta-resnet50-job" in admin_page
+    status, reader_page = _page(server, "reader", "reader-password-1")
+    assert status == 200, reader_page
+    assert "alpha-cnn-job" in reader_page and "beta-resnet50-job" not in reader_page
+    assert reader_page.count('<tr class="job">') == 1 and "0.9763" in reader_page  # the study's rows stay
+    status, newcomer_page = _page(server, "newcomer", "newcomer-password-1")
+    assert status == 200 and '<tr class="job">' not in newcomer_page and "No finished searches yet" in newcomer_page
+    assert _page(server)[0] == 401
+    assert _page(server, "reader", "wrong-password")[0] == 401

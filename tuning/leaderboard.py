@@ -18,7 +18,7 @@ import html
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterable
+from typing import Callable, Iterable
 
 import pandas as pd
 
@@ -83,11 +83,23 @@ def ui_base(tracking_uri: str) -> str | None:
     return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else None
 
 
-def collect_jobs(client, tracking_uri: str, metric: str, *, arch: str | None = None, team: str | None = None) -> list[Job]:
-    """Finished searches (parent runs tagged role=search) in the fracture-* experiments."""
+def collect_jobs(
+    client,
+    tracking_uri: str,
+    metric: str,
+    *,
+    arch: str | None = None,
+    team: str | None = None,
+    readable: Callable[[list[str]], list[str]] | None = None,
+) -> list[Job]:
+    """Finished searches (parent runs tagged role=search) in the fracture-* experiments; `readable`
+    keeps the experiment ids a reader may see, where the client itself does not enforce that."""
     experiments = [e for e in client.search_experiments(max_results=1000) if e.name.startswith(EXPERIMENT_PREFIX)]
     if arch:
         experiments = [e for e in experiments if e.name == f"{EXPERIMENT_PREFIX}{arch}"]
+    if readable is not None:
+        allowed = set(readable([e.experiment_id for e in experiments]))
+        experiments = [e for e in experiments if e.experiment_id in allowed]
     if not experiments:
         return []
     query = f"tags.{ROLE_TAG} = '{SEARCH_ROLE}' and attributes.status = 'FINISHED'"  # constants only: no user text in a filter
