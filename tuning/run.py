@@ -32,6 +32,7 @@ from fracture_models.metrics import DEFAULT_SELECTION_METRIC, SELECTION_METRICS,
 from fracture_models.models import architecture, check_weights_available, resolve_weights
 from fracture_models.records import redact_url
 from fracture_models.synthetic import is_generated
+from tuning.claim import Claim
 from tuning.confirmation import CONFIRMATION_DIR, CONFIRMS, DEFAULT_BUDGET, DEFAULT_EXTRA_SEEDS, DEFAULT_TOP, run_confirmation
 from tuning.job import JobSpec, apply_record, from_args, read_record, resume_command, write_record
 from tuning.tracking.connect import check_reachable, resolve_tracking_uri
@@ -369,18 +370,46 @@ def load(args: argparse.Namespace, record: dict | None) -> tuple[FractureDataset
     return dataset, audit, summary, dropped
 
 
+def claim_name(args: argparse.Namespace, experiment: str) -> Claim:
+    """The job's name, claimed before the slow steps (tuning.claim): its experiment folder (a new
+    job's, exclusively), the lock of the running job, and its Optuna study (created by a new job,
+    reused only by --resume)."""
+    from tuning.claim import claim_folder, claim_study, hold_lock
+    from tuning.searcher import open_storage
+
+    local = "://" not in experiment
+    optuna_url = args.optuna_storage or (f"sqlite:///{experiment}/optuna.db" if local else None)
+    if optuna_url is None:
+        raise UserError("With a remote --storage-path, give --optuna-storage (e.g. a PostgreSQL URL).")
+    made_folder = False if args.resume else claim_folder(experiment)
+    claim = Claim(experiment, args.name, None, optuna_url, made_folder=made_folder)
+    try:
+        claim.lock = hold_lock(experiment, args.name)
+        try:
+            claim.storage = open_storage(optuna_url)
+        except Exception as exc:  # noqa: BLE001 - any driver or connection error
+            raise UserError(f"Cannot open the Optuna storage {redact_url(optuna_url)}: {exc}. Nothing was trained.") from exc
+        if not args.resume:
+            claim_study(claim.storage, args.name, metric_mode(args.metric), optuna_url)
+            claim.made_study = True
+    except BaseException:
+        claim.release()
+        raise
+    return claim
+
+
 def open_job(
     args,
     experiment: str,
     record: dict | None,
     resources: Resources,
+    claim: Claim,
     dataset: FractureDataset,
     audit: dict,
     audit_summary: dict,
     dropped: list[dict],
 ) -> Job:
-    """The job's spec (new, or its record checked against the data), Optuna storage, MLflow runs and job.json."""
-    from tuning.searcher import open_storage
+    """The job's spec (new, or its record checked against the data), MLflow runs and job.json."""
     from tuning.tracking import SearchTracker
 
     spec = from_args(
@@ -399,19 +428,8 @@ def open_job(
                 )
         spec = JobSpec.from_json({"generated_data": spec.generated_data, "target_sensitivity": args.target_sensitivity, **record})
     local = "://" not in experiment
-    optuna_url = args.optuna_storage or (f"sqlite:///{experiment}/optuna.db" if local else None)
-    if optuna_url is None:
-        raise UserError("With a remote --storage-path, give --optuna-storage (e.g. a PostgreSQL URL).")
-    if local and optuna_url == f"sqlite:///{experiment}/optuna.db":
-        Path(experiment).mkdir(parents=True, exist_ok=True)  # the default storage lives inside
-    try:
-        storage = open_storage(optuna_url)
-    except Exception as exc:  # noqa: BLE001 - any driver or connection error
-        raise UserError(f"Cannot open the Optuna storage {redact_url(optuna_url)}: {exc}. Nothing was trained.") from exc
-    if local:
-        Path(experiment).mkdir(parents=True, exist_ok=True)
     # job.json and MLflow never hold a password.
-    spec = spec.replace(optuna_storage=redact_url(optuna_url), tracking_uri=redact_url(args.tracking_uri))
+    spec = spec.replace(optuna_storage=redact_url(claim.optuna_url), tracking_uri=redact_url(args.tracking_uri))
     tracker = SearchTracker(args.tracking_uri, spec, Path(experiment) if local else None)
     try:
         spec = spec.replace(mlflow_parent_run_id=tracker.start(resume=args.resume))
@@ -430,8 +448,8 @@ def open_job(
         args.storage_path,
         resources,
         dataset,
-        storage,
-        optuna_url,
+        claim.storage,
+        claim.optuna_url,
         tracker,
         audit_dir,
         args.cache_dir,
@@ -510,6 +528,7 @@ def search(job: Job, trainable, *, resume: bool, callbacks: list | None = None):
     from tuning.schedulers import make_scheduler
     from tuning.search_space import baseline_point, search_space
     from tuning.searcher import LOST_WITH_DRIVER, RAY_TRIAL_ID, make_searcher
+    from tuning.summary import trial_id_of
 
     spec = job.spec
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the trimmed table below instead of Ray's default output
@@ -556,7 +575,10 @@ def search(job: Job, trainable, *, resume: bool, callbacks: list | None = None):
     lost = [t for t in study.trials if t.user_attrs.get(LOST_WITH_DRIVER)]
     for trial in lost:
         job.tracker.trial_lost(trial.user_attrs.get(RAY_TRIAL_ID, ""))
-    finished = [t for t in study.trials if t.state.is_finished() and not t.user_attrs.get(LOST_WITH_DRIVER)]
+    # The study's trials of this job's Tune experiment, never another job's (a trial that failed
+    # before its first report is known by its folder, trial_<id>).
+    own = {trial_id_of(r).removeprefix("trial_") for r in results}
+    finished = [t for t in study.trials if t.state.is_finished() and t.user_attrs.get(RAY_TRIAL_ID) in own]
     if len(finished) < spec.num_samples:
         raise Interrupted(f"{len(finished)} of {spec.num_samples} trials finished")
     return results, study, lost
@@ -725,8 +747,13 @@ def run_search(args: argparse.Namespace, *, callbacks: list | None = None, given
     except AlreadyFinished as done:
         print(done)
         return 0
-    dataset, audit, audit_summary, dropped = load(args, record)
-    job = open_job(args, experiment, record, resources, dataset, audit, audit_summary, dropped)
+    claim = claim_name(args, experiment)
+    try:
+        dataset, audit, audit_summary, dropped = load(args, record)
+        job = open_job(args, experiment, record, resources, claim, dataset, audit, audit_summary, dropped)
+    except BaseException:
+        claim.release()  # a new job that trained nothing leaves nothing behind: the same command runs again
+        raise
     trainable = make_trainable(job)
     try:
         results, study, lost = search(job, trainable, resume=args.resume, callbacks=callbacks)

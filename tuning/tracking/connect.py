@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from fracture_models.errors import UserError
 from fracture_models.records import redact_url
@@ -36,7 +38,8 @@ def check_reachable(uri: str) -> None:
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        with _one_opener_at_a_time(uri):
+            MlflowClient(uri).search_experiments(max_results=1)
     except MlflowException as exc:
         if _AUTH_REFUSED.search(str(exc)) or exc.error_code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
             raise UserError(
@@ -46,6 +49,23 @@ def check_reachable(uri: str) -> None:
         raise UserError(_unreachable(uri, exc)) from exc
     except Exception as exc:  # noqa: BLE001 - connection errors of any HTTP or DB driver
         raise UserError(_unreachable(uri, exc)) from exc
+
+
+@contextmanager
+def _one_opener_at_a_time(uri: str) -> Iterator[None]:
+    """The first process to open a fresh SQLite store creates its tables and runs its migrations;
+    two at once collide ("duplicate column name", "table ... already exists", a stray
+    _alembic_tmp_ table) and can leave the store broken, which a retry cannot mend. So the
+    processes of this machine open it one after another, under an flock beside mlflow.db."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    database = Path(uri.removeprefix("sqlite:///"))
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held for seconds at most, while the tables are made
+        yield
 
 
 _REASONS = re.compile(
