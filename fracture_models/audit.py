@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import io
 import json
 import logging
 import os
@@ -60,16 +59,27 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from fracture_models.data import default_cache_dir, list_split_files, resolve_dataset_root, stat_fingerprint, to_8bit
+from fracture_models.data import (
+    DEFAULT_MAX_BAD_FRACTION,
+    DecodedFile,
+    FractureDataset,
+    default_cache_dir,
+    list_split_files,
+    load_dataset,
+    load_split,
+    read_image_file,
+    resolve_dataset_root,
+    stat_fingerprint,
+)
 from fracture_models.errors import UserError
 from fracture_models.labels import CLASS_NAMES, SPLITS
 from fracture_models.records import write_json
 
 logger = logging.getLogger(__name__)
 
-AUDIT_VERSION = 6
+AUDIT_VERSION = 7  # 7: the data module's decoder (JPEGs drafted in their own mode, then grey)
 HASH_SIDE = 32  # the grey image is reduced to 32 x 32 before the DCT
 HASH_BITS = 8  # the 8 x 8 lowest frequencies give a 64-bit hash
 HASH_CANDIDATE_BITS = 8  # pairs within this many bits of 64 are candidates
@@ -190,13 +200,10 @@ class LocalFeatures:
     mirror_descriptors: np.ndarray
 
 
-def _grey(image: Image.Image, side: int) -> Image.Image:
-    """The file's grey image as the audit sees it (8-bit, EXIF orientation applied); a JPEG is
-    decoded at the smallest DCT scale that still gives `side` px."""
-    if image.format == "JPEG":
-        image.draft("L", (side, side))
-    image.load()
-    return to_8bit(ImageOps.exif_transpose(image)).convert("L")
+def _grey(decoded: DecodedFile) -> Image.Image:
+    """The file's grey image as the audit sees it: the data module's decode (8-bit, EXIF
+    orientation applied), in grey."""
+    return decoded.image if decoded.image.mode == "L" else decoded.image.convert("L")
 
 
 def _resized(grey: Image.Image, side: int) -> Image.Image:
@@ -231,36 +238,54 @@ def thumbnail(image: Image.Image) -> tuple[np.ndarray, tuple[int, int, int, int]
     return square, (top, left, height, width)
 
 
-def _inspect(root: Path, split: str, path: Path, label: int) -> tuple[ImageRecord, tuple | None]:
-    relative = str(path.relative_to(root))
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return ImageRecord(split, label, relative, "", "", 0, 0, 0, "", (), f"unreadable: {exc}"), None
-    digest = hashlib.sha256(data).hexdigest()
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            fmt, mode, (width, height) = image.format or "", image.mode, image.size
-            grey = _grey(image, FEATURE_SIDE)
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types for damaged files
-        reason = "empty file (0 bytes)" if not data else f"does not decode: {type(exc).__name__}: {exc}"
-        return ImageRecord(split, label, relative, "", "", 0, 0, len(data), digest, (), reason), None
+def _inspect(root: Path, split: str, label: int, decoded: DecodedFile) -> tuple[ImageRecord, tuple | None]:
+    """The record, thumbnail and local features of one file read by `read_image_file`."""
+    relative = str(decoded.path.relative_to(root))
+    if decoded.image is None:
+        return ImageRecord(split, label, relative, "", "", 0, 0, decoded.num_bytes, decoded.sha256, (), decoded.reason), None
+    grey = _grey(decoded)
     hashes = perceptual_hashes(np.asarray(grey.resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BOX)))
-    return ImageRecord(split, label, relative, fmt, mode, width, height, len(data), digest, hashes), (
-        *thumbnail(grey),
-        local_features(grey),
+    record = ImageRecord(
+        split, label, relative, decoded.format, decoded.mode, decoded.width, decoded.height, decoded.num_bytes, decoded.sha256, hashes
     )
+    return record, (*thumbnail(grey), local_features(grey))
 
 
-def scan(root: Path, *, num_workers: int | None = None, progress: bool = False) -> tuple[list[ImageRecord], Thumbnails]:
+def _files(root: Path) -> list[tuple[str, Path, int]]:
+    return [(split, path, label) for split in SPLITS for path, label in list_split_files(root, split)]
+
+
+class Inspector:
+    """Inspects the files another reader decodes anyway (`visit`, for the loader's decode threads),
+    so that a first job decodes each file once; `scan` then decodes only the files it did not see."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._where = {path: (split, label) for split, path, label in _files(root)}
+        self.inspected: dict[Path, tuple[ImageRecord, tuple | None]] = {}
+
+    def visit(self, decoded: DecodedFile) -> None:
+        if decoded.path in self._where:
+            self.inspected[decoded.path] = _inspect(self.root, *self._where[decoded.path], decoded)
+
+
+def scan(
+    root: Path, *, num_workers: int | None = None, progress: bool = False, inspected: dict[Path, tuple] | None = None
+) -> tuple[list[ImageRecord], Thumbnails]:
     """One record per image file of every split, and their thumbnails (blank where a file does
-    not decode), from a single decode of each file."""
-    jobs = [(split, path, label) for split in SPLITS for path, label in list_split_files(root, split)]
+    not decode), from a single decode of each file; `inspected`: files an `Inspector` already saw."""
+    jobs = _files(root)
+    inspected = inspected or {}
     workers = num_workers or min(8, os.cpu_count() or 1)
     thumbs = Thumbnails.empty(len(jobs), root)
     records = []
+
+    def inspect(job: tuple[str, Path, int]) -> tuple[ImageRecord, tuple | None]:
+        split, path, label = job
+        return inspected.get(path) or _inspect(root, split, label, read_image_file(path, FEATURE_SIDE))
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results: Iterable = pool.map(lambda job: _inspect(root, *job), jobs)
+        results: Iterable = pool.map(inspect, jobs)
         if progress:
             from tqdm import tqdm
 
@@ -393,12 +418,10 @@ def _patch_correlations(a: np.ndarray, b: np.ndarray, inside: np.ndarray) -> np.
 
 def native_grey(path: Path, side: int) -> np.ndarray | None:
     """The file's grey image (as the scan decodes it) scaled so its longer side is `side`."""
-    try:
-        with Image.open(path) as image:
-            grey = _grey(image, side)
-    except Exception:  # noqa: BLE001 - changed or damaged since the scan: not confirmable
+    decoded = read_image_file(path, side)
+    if decoded.image is None:  # changed or damaged since the scan: not confirmable
         return None
-    return np.asarray(_resized(grey, side))  # uint8: a job holds every file of the confirmed pairs at once
+    return np.asarray(_resized(_grey(decoded), side))  # uint8: a job holds every file of the confirmed pairs at once
 
 
 def compare_side(a: ImageRecord, b: ImageRecord) -> int:
@@ -835,6 +858,19 @@ def audit_records(records: Sequence[ImageRecord], thumbs: Thumbnails, *, min_det
     }
 
 
+def _cache_path(root: Path, min_detail: float, cache_dir: Path | None) -> Path:
+    files = [(path, label) for _, path, label in _files(root)]
+    key = hashlib.sha256(f"{AUDIT_VERSION}|{min_detail}|{stat_fingerprint(files, root)}".encode()).hexdigest()[:20]
+    return (cache_dir or default_cache_dir()) / f"audit-{key}.json"
+
+
+def _cached(cache_path: Path, root: Path) -> dict | None:
+    if not cache_path.is_file():
+        return None
+    logger.info("Loaded the audit of %s from cache %s", root, cache_path)
+    return json.loads(cache_path.read_text())
+
+
 def audit_dataset(
     data_dir: str | os.PathLike,
     *,
@@ -844,16 +880,41 @@ def audit_dataset(
 ) -> dict:
     """Audit a dataset folder (any layout `resolve_dataset_root` accepts); cached by file stats."""
     root = resolve_dataset_root(data_dir)
-    files = [f for split in SPLITS for f in list_split_files(root, split)]
-    key = hashlib.sha256(f"{AUDIT_VERSION}|{min_detail}|{stat_fingerprint(files, root)}".encode()).hexdigest()[:20]
-    cache_path = (cache_dir or default_cache_dir()) / f"audit-{key}.json"
-    if cache_path.is_file():
-        report = json.loads(cache_path.read_text())
-        logger.info("Loaded the audit of %s from cache %s", root, cache_path)
-    else:
+    cache_path = _cache_path(root, min_detail, cache_dir)
+    report = _cached(cache_path, root)
+    if report is None:
         report = audit_records(*scan(root, progress=progress), min_detail=min_detail)
         write_json(cache_path, report)
     return {**report, "root": str(root)}
+
+
+def audit_and_load(
+    data_dir: str | os.PathLike,
+    image_size: int,
+    *,
+    splits: Sequence[str] = SPLITS,
+    cache_dir: Path | None = None,
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+    progress: bool = False,
+    min_detail: float = DEFAULT_MIN_DETAIL_CORRELATION,
+) -> tuple[dict, FractureDataset]:
+    """`audit_dataset` and `load_dataset` with one decode per file: when the audit is not cached,
+    it inspects the loader's decodes as they happen, and the splits left out of `splits` are
+    decoded into the loader's cache too (for a later evaluation), so no file is decoded twice."""
+    root = resolve_dataset_root(data_dir)
+    cache_path = _cache_path(root, min_detail, cache_dir)
+    report = _cached(cache_path, root)
+    options = {"cache_dir": cache_dir, "max_bad_fraction": max_bad_fraction, "progress": progress}
+    if report is not None:
+        return {**report, "root": str(root)}, load_dataset(root, image_size, splits=splits, **options)
+    inspector = Inspector(root)
+    dataset = load_dataset(root, image_size, splits=splits, visit=inspector.visit, **options)
+    for split in SPLITS:
+        if split not in splits:
+            load_split(root, split, image_size, visit=inspector.visit, **options)
+    report = audit_records(*scan(root, progress=progress, inspected=inspector.inspected), min_detail=min_detail)
+    write_json(cache_path, report)
+    return {**report, "root": str(root)}, dataset
 
 
 def write_audit(report: dict, folder: Path) -> list[Path]:

@@ -19,9 +19,9 @@ import io
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -39,7 +39,10 @@ DEFAULT_MAX_BAD_FRACTION = 0.05
 # dataset's radiographs are at most a few thousand px and a few MB.
 MAX_FILE_BYTES = 256 * 2**20
 MAX_PIXELS = 64_000_000  # e.g. 8000 x 8000; a 16-bit one decodes to 128 MB (256 MB windowed in float32)
-CACHE_FORMAT_VERSION = 1
+# A JPEG is decoded at the smallest DCT scale that still gives this many px (or the size asked,
+# when larger): what the audit's local features need, so one decode serves the audit and the loader.
+DRAFT_MIN_SIDE = 256
+CACHE_FORMAT_VERSION = 2  # 2: JPEGs drafted at DRAFT_MIN_SIDE or more
 DATASET_URL = "https://www.kaggle.com/datasets/bmadushanirodrigo/fracture-multi-region-x-ray-data"
 
 
@@ -49,6 +52,26 @@ class ExcludedFile:
 
     path: str
     reason: str
+
+
+@dataclass(frozen=True)
+class DecodedFile:
+    """One file as the decoder read it. `image` is 8-bit L or RGB with the EXIF orientation
+    applied (a JPEG at the smallest DCT scale of at least DRAFT_MIN_SIDE px), or None with the
+    `reason`; `format`, `mode`, `width` and `height` are the file's own, from its header."""
+
+    path: Path
+    sha256: str = ""
+    num_bytes: int = 0
+    format: str = ""
+    mode: str = ""
+    width: int = 0
+    height: int = 0
+    image: Image.Image | None = None
+    reason: str = ""
+
+
+Visit = Callable[[DecodedFile], None]  # sees each file the loader decodes (the audit inspects them)
 
 
 @dataclass
@@ -224,43 +247,81 @@ def to_8bit(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
 
 
-def decode_image(data: bytes, size: int) -> np.ndarray:
-    """Fully decode image bytes and resize to `size` x `size`: uint8 [H, W] grey or [H, W, 3].
-
-    Raises on anything that does not fully decode (truncated, empty, not an image).
-    """
+def _open(path: Path, data: bytes, size: int) -> DecodedFile:
+    """Fully decode image bytes (see `DecodedFile`); raises on anything that does not fully decode
+    (truncated, empty, not an image) or exceeds MAX_PIXELS."""
     with Image.open(io.BytesIO(data)) as image:
-        width, height = image.size  # from the header, before any pixel is decoded
+        fmt, mode, (width, height) = image.format or "", image.mode, image.size  # from the header
         if width * height > MAX_PIXELS:
             raise ValueError(f"{width} x {height} px is more than the {MAX_PIXELS:,} pixels a file may have")
         if image.format == "JPEG":
-            image.draft(image.mode, (size, size))  # decode at a reduced DCT scale: same pixels, less work
+            side = max(size, DRAFT_MIN_SIDE)
+            image.draft(image.mode, (side, side))  # decode at a reduced DCT scale: same pixels, less work
         image.load()
-        image = ImageOps.exif_transpose(image)
-        image = to_8bit(image)
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
-        array = np.asarray(image)
+        image = to_8bit(ImageOps.exif_transpose(image))
+    return DecodedFile(path, "", len(data), fmt, mode, width, height, image)
+
+
+def _square(image: Image.Image, size: int) -> np.ndarray:
+    """uint8 [size, size] grey or [size, size, 3]: the model's input before normalisation."""
+    array = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
     if array.ndim == 3 and (array[..., 0] == array[..., 1]).all() and (array[..., 0] == array[..., 2]).all():
         array = array[..., 0]  # grey stored as RGB
     return np.ascontiguousarray(array)
 
 
-def _decode_file(path: Path, size: int) -> tuple[np.ndarray | None, str, str]:
-    """(pixels or None, content sha256, reason if it failed)."""
+def decode_image(data: bytes, size: int) -> np.ndarray:
+    """Fully decode image bytes and resize to `size` x `size`: uint8 [H, W] grey or [H, W, 3].
+
+    Raises on anything that does not fully decode (truncated, empty, not an image).
+    """
+    return _square(_open(Path(), data, size).image, size)
+
+
+def read_image_file(path: Path, size: int) -> DecodedFile:
+    """A file read (within MAX_FILE_BYTES, checked before reading) and decoded for images of up to
+    `size` px; on failure `image` is None and `reason` says why."""
     try:
         size_bytes = path.stat().st_size
         if size_bytes > MAX_FILE_BYTES:  # checked before reading: a sparse 4 GB file costs nothing to name
-            return None, "", f"{size_bytes:,} bytes, more than the {MAX_FILE_BYTES:,} a file may have"
+            return DecodedFile(path, num_bytes=size_bytes, reason=f"{size_bytes:,} bytes, more than the {MAX_FILE_BYTES:,} a file may have")
         data = path.read_bytes()
     except OSError as exc:
-        return None, "", f"unreadable: {exc}"
+        return DecodedFile(path, reason=f"unreadable: {exc}")
     content_hash = hashlib.sha256(data).hexdigest()
     if not data:
-        return None, content_hash, "empty file (0 bytes)"
+        return DecodedFile(path, content_hash, reason="empty file (0 bytes)")
     try:
-        return decode_image(data, size), content_hash, ""
+        decoded = _open(path, data, size)
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for damaged files
-        return None, content_hash, f"does not decode: {type(exc).__name__}: {exc}"
+        return DecodedFile(path, content_hash, len(data), reason=f"does not decode: {type(exc).__name__}: {exc}")
+    return replace(decoded, sha256=content_hash)
+
+
+def _decode_file(path: Path, size: int, visit: Visit | None = None) -> tuple[np.ndarray | None, str, str]:
+    """(pixels or None, content sha256, reason if it failed); `visit` sees the file, decoded or not."""
+    decoded = read_image_file(path, size)
+    if visit is not None:
+        visit(decoded)
+    if decoded.image is None:
+        return None, decoded.sha256, decoded.reason
+    return _square(decoded.image, size), decoded.sha256, ""
+
+
+def decode_file(path: Path, size: int) -> np.ndarray:
+    """One file decoded and resized exactly as a split's files are; raises `ValueError` saying why not."""
+    array, _, reason = _decode_file(Path(path), size)
+    if array is None:
+        raise ValueError(reason)
+    return array
+
+
+def stack_images(arrays: Sequence[np.ndarray]) -> torch.Tensor:
+    """Decoded images as one uint8 [N, C, H, W] tensor: one channel when every image is grey, else
+    three (grey repeated), the layout a `DecodedSplit` keeps and `to_model_input` reads."""
+    grey = all(a.ndim == 2 for a in arrays)
+    channels = [a[None] if grey else (np.repeat(a[None], 3, 0) if a.ndim == 2 else a.transpose(2, 0, 1)) for a in arrays]
+    return torch.from_numpy(np.stack(channels))
 
 
 def decode_split(
@@ -272,8 +333,10 @@ def decode_split(
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     num_workers: int | None = None,
     progress: bool = False,
+    visit: Visit | None = None,
 ) -> DecodedSplit:
-    """Decode every file of one split. Bad files are excluded with a warning naming each."""
+    """Decode every file of one split. Bad files are excluded with a warning naming each.
+    `visit` sees each decoded file (in the decode threads)."""
     files = list_split_files(root, split) if files is None else files
     workers = num_workers or min(8, os.cpu_count() or 1)
     arrays: list[np.ndarray] = []
@@ -282,7 +345,7 @@ def decode_split(
     excluded: list[ExcludedFile] = []
     content = hashlib.sha256()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results: Iterator = pool.map(lambda item: _decode_file(item[0], image_size), files)
+        results: Iterator = pool.map(lambda item: _decode_file(item[0], image_size, visit), files)
         if progress:
             from tqdm import tqdm
 
@@ -308,11 +371,9 @@ def decode_split(
         if label not in labels:
             raise DatasetError(f"No decodable images left in {root / split / class_name}.")
 
-    grey = all(a.ndim == 2 for a in arrays)
-    channels = [a[None] if grey else (np.repeat(a[None], 3, 0) if a.ndim == 2 else a.transpose(2, 0, 1)) for a in arrays]
     return DecodedSplit(
         name=split,
-        images=torch.from_numpy(np.stack(channels)),
+        images=stack_images(arrays),
         labels=torch.tensor(labels, dtype=torch.int64),
         paths=paths,
         excluded=excluded,
@@ -375,8 +436,10 @@ def load_split(
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     num_workers: int | None = None,
     progress: bool = False,
+    visit: Visit | None = None,
 ) -> DecodedSplit:
-    """A decoded split from the cache when the files are unchanged, else decoded and cached."""
+    """A decoded split from the cache when the files are unchanged, else decoded (each file seen by
+    `visit`) and cached."""
     files = list_split_files(root, split)
     key = stat_fingerprint(files, root)[:20]
     cache_path = (cache_dir or default_cache_dir()) / f"{split}-{image_size}px-{key}.pt"
@@ -387,7 +450,7 @@ def load_split(
             logger.warning("Excluding %s: %s", bad.path, bad.reason)
         return cached
     decoded = decode_split(
-        root, split, image_size, files=files, max_bad_fraction=max_bad_fraction, num_workers=num_workers, progress=progress
+        root, split, image_size, files=files, max_bad_fraction=max_bad_fraction, num_workers=num_workers, progress=progress, visit=visit
     )
     _save_split(decoded, cache_path)
     logger.info("Decoded %s: %d images, %d excluded; cached at %s", split, len(decoded), len(decoded.excluded), cache_path)
@@ -403,8 +466,9 @@ def load_dataset(
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     num_workers: int | None = None,
     progress: bool = False,
+    visit: Visit | None = None,
 ) -> FractureDataset:
-    """Resolve the layout and load each split (decoded once, cached)."""
+    """Resolve the layout and load each split (decoded once, cached; `visit` sees each file decoded)."""
     if image_size < 16:
         raise DatasetError(f"--image-size must be at least 16 pixels, got {image_size}.")
     root = resolve_dataset_root(data_dir)
@@ -419,6 +483,7 @@ def load_dataset(
             max_bad_fraction=max_bad_fraction,
             num_workers=num_workers,
             progress=progress,
+            visit=visit,
         )
         for split in splits
     }

@@ -169,3 +169,44 @@ def test_audit_reports_no_look_alike_of_the_same_pose_as_a_duplicate(lookalikes:
 
 def test_audit_finds_the_planted_copies_among_look_alikes(lookalikes: dict):
     assert lookalikes["recall"] >= 0.95, lookalikes["missed"]
+
+
+def test_a_first_job_decodes_each_file_once_for_the_audit_and_the_loader(planted: dict, tmp_path: Path, monkeypatch):
+    """`audit_and_load` (what a search runs first) inspects the loader's decodes, decodes the
+    split left out into the loader's cache too, and gives what the two give apart."""
+    from collections import Counter
+
+    import fracture_models.audit as audit
+    import fracture_models.data as data
+    from fracture_models.audit import audit_and_load
+    from fracture_models.data import load_dataset
+
+    apart = audit_dataset(planted["download"], cache_dir=tmp_path / "apart")
+    loaded_apart = load_dataset(planted["download"], 64, splits=("train", "val"), cache_dir=tmp_path / "apart")
+    decodes: Counter = Counter()
+    confirmations: Counter = Counter()  # pairs past the geometric check are decoded again at their own size
+    decode, native_grey = data._open, audit.native_grey
+
+    def counted(path: Path, raw: bytes, size: int):
+        decodes[path] += 1
+        return decode(path, raw, size)
+
+    def counted_confirmation(path: Path, side: int):
+        confirmations[path] += 1
+        return native_grey(path, side)
+
+    monkeypatch.setattr(data, "_open", counted)
+    monkeypatch.setattr(audit, "native_grey", counted_confirmation)
+    report, dataset = audit_and_load(planted["download"], 64, splits=("train", "val"), cache_dir=tmp_path / "once")
+
+    files = sorted(planted["root"].glob("*/*/*"))
+    assert {path: decodes[path] - confirmations[path] for path in files} == {path: 1 for path in files}
+    assert set(decodes) == set(files) and sum(confirmations.values()) < len(files) / 4
+    assert report["duplicate_groups"] == apart["duplicate_groups"] and report["attributes"] == apart["attributes"]
+    for split in ("train", "val"):
+        assert dataset.splits[split].paths == loaded_apart.splits[split].paths
+        assert dataset.splits[split].images.equal(loaded_apart.splits[split].images)
+    assert set(dataset.splits) == {"train", "val"}  # test is cached for the evaluation, not handed to the search
+    decodes.clear()
+    assert len(load_dataset(planted["download"], 64, splits=("test",), cache_dir=tmp_path / "once").test) > 0
+    assert not decodes  # from the cache

@@ -198,7 +198,7 @@ def _png_claiming(width: int, height: int) -> bytes:
     return bytes(data)
 
 
-def test_files_too_large_or_badly_named_are_excluded_and_named_not_decoded(small_copy: Path, caplog):
+def test_files_too_large_or_badly_named_are_excluded_and_named_not_decoded(small_copy: Path, tmp_path: Path, caplog):
     train = small_copy / "train" / "fractured"
     (train / "bomb.png").write_bytes(_png_claiming(13_000, 13_000))  # 5.2 GB once decoded at float64
     with open(train / "sparse.jpg", "wb") as sparse:
@@ -212,6 +212,11 @@ def test_files_too_large_or_badly_named_are_excluded_and_named_not_decoded(small
     assert "not valid UTF-8" in caplog.text and "bad\\udcffname.png" in caplog.text
     assert len(split) == 24  # every good file is kept
     assert stat_fingerprint(list_split_files(small_copy, "train"), small_copy)  # no UnicodeEncodeError
+    # The audit reads files through the same caps: named as bad files, never read whole or decoded.
+    from fracture_models.audit import audit_dataset
+
+    bad = {Path(b["path"]).name: b["reason"] for b in audit_dataset(small_copy, cache_dir=tmp_path / "cache")["bad_files"]}
+    assert "more than the 64,000,000 pixels" in bad["bomb.png"] and "bytes, more than the" in bad["sparse.jpg"]
 
 
 def test_sixteen_bit_images_are_windowed_to_their_value_range():

@@ -23,10 +23,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fracture_models.audit import DROPPED_FILE, audit_dataset, duplicates_to_drop, write_audit, write_dropped
+from fracture_models.audit import DROPPED_FILE, audit_and_load, duplicates_to_drop, write_audit, write_dropped
 from fracture_models.cli import configure_logging, get_common_parser, resolve_data_dir, run_main
 from fracture_models.clinical import DEFAULT_TARGET_SENSITIVITY
-from fracture_models.data import FractureDataset, load_dataset, load_split, resolve_dataset_root
+from fracture_models.data import FractureDataset, load_split, resolve_dataset_root
 from fracture_models.errors import UserError
 from fracture_models.metrics import DEFAULT_SELECTION_METRIC, SELECTION_METRICS, metric_mode
 from fracture_models.models import architecture, check_weights_available, resolve_weights
@@ -350,8 +350,7 @@ def load(args: argparse.Namespace, record: dict | None) -> tuple[FractureDataset
     """The decoded train and validation splits, the audit (warnings, --dedupe), what the job
     records of it, and the files --dedupe dropped."""
     dedupe = args.dedupe or bool((record or {}).get("audit", {}).get("dedupe"))
-    audit = audit_dataset(args.data_root, cache_dir=args.cache_dir, progress=True)
-    dataset = load_dataset(
+    audit, dataset = audit_and_load(  # one decode per file: the audit inspects the loader's decodes
         args.data_root,
         args.image_size,
         splits=("train", "val"),
