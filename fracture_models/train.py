@@ -6,7 +6,8 @@ Trains on train, evaluates validation after every epoch, keeps the checkpoint wi
 validation fracture F1, and evaluates that checkpoint once on test with the clinical report a
 search's winner gets (fracture_models.evaluate). Writes to --out: metrics.json (test metrics and
 the clinical report), config.json, checkpoint.pt, confusion_matrix.png, loss_curves.png,
-test_roc_curve.png, test_reliability.png, test_gradcam.png and excluded_files.csv.
+test_roc_curve.png, test_reliability.png, test_gradcam.png and excluded_files.csv. checkpoint.pt carries
+the operating threshold chosen on validation, at which `python -m fracture_models.predict` decides.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from fracture_models.cli import (
 )
 from fracture_models.config import TrainConfig
 from fracture_models.data import ExcludedFile, load_dataset, resolve_dataset_root
-from fracture_models.engine import build_training, fit, make_checkpoint, make_loaders, save_checkpoint, select_device
+from fracture_models.engine import build_training, fit, load_checkpoint, make_checkpoint, make_loaders, save_checkpoint, select_device
 from fracture_models.evaluate import evaluate_checkpoint, format_clinical
 from fracture_models.metrics import DEFAULT_SELECTION_METRIC, predicts_one_class, scalar_metrics, selection_score
 from fracture_models.plots import plot_confusion_matrix, plot_loss_curves
+from fracture_models.predict import OperatingPoint
 from fracture_models.records import write_json
 
 logger = logging.getLogger("fracture_models.train")
@@ -126,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     test, clinical, _ = evaluate_checkpoint(
         checkpoint_path, dataset.val, dataset.test, config.batch_size, out, seed=config.seed, device=device
     )
+    # The checkpoint carries the threshold chosen on validation: fracture_models.predict decides at it.
+    operating_point = OperatingPoint.from_clinical(clinical).to_dict()
+    save_checkpoint({**load_checkpoint(checkpoint_path), "operating_point": operating_point}, checkpoint_path)
 
     plot_confusion_matrix(test["confusion_matrix"], out / "confusion_matrix.png", title=f"{config.arch}: test (epoch {best['epoch']})")
     plot_loss_curves(history, out / "loss_curves.png", title=f"{config.arch}: loss")

@@ -724,7 +724,7 @@ def finish(
     if not job.local:  # the report and audit beside the checkpoints, as in a local experiment folder
         _publish(report_dir, job.experiment)
         _publish(job.audit_dir, f"{job.experiment}/{AUDIT_DIR}")
-    model_dir = save_winner_model(winner_checkpoint, tracker.files_dir("model"))
+    model_dir = save_winner_model(winner_checkpoint, tracker.files_dir("model"), clinical)  # decides at the operating threshold
     tracker.job_finished(summary, report_files, model_dir)
     print("\n" + format_summary(summary))
     print("\n" + where_to_look(job.experiment, redact_url(job.optuna_url), job.local))

@@ -1,4 +1,5 @@
-"""The model registry: a job's winner as an MLflow PyTorch model, and the `champion` alias."""
+"""The model registry: a job's winner as this project's MLflow image model (`tuning.tracking.models`),
+and the `champion` alias."""
 
 from __future__ import annotations
 
@@ -59,37 +60,13 @@ def champion_decision(client, name: str, candidate: Mapping) -> str:
     return f"kept version {current.version}: its {candidate['metric']} {old:.4f} is not beaten by {new:.4f}"
 
 
-def save_winner_model(checkpoint_dir: Path, out_dir: Path) -> Path:
-    """The winner's checkpoint as an MLflow PyTorch model folder (MLmodel, weights, signature)."""
-    import mlflow.pytorch
-    import numpy as np
-    import torch
-    from mlflow.models import infer_signature
-
+def save_winner_model(checkpoint_dir: Path, out_dir: Path, clinical: Mapping | None = None) -> Path:
+    """The winner's checkpoint as this project's MLflow model (`tuning.tracking.models`): it takes
+    image bytes or paths and decides at the operating threshold the clinical report chose on validation."""
     from fracture_models.engine import load_checkpoint
-    from fracture_models.models import create_model
+    from fracture_models.predict import OperatingPoint, model_file
+    from tuning.tracking.models import save_fracture_model
     from tuning.trainable import CHECKPOINT_FILE
 
-    checkpoint = load_checkpoint(checkpoint_dir / CHECKPOINT_FILE)
-    config = checkpoint["config"]
-    model = create_model(config["arch"], weights="none", image_size=config["image_size"])
-    model.load_state_dict(checkpoint["model"])
-    model.eval()
-    # Saved as torch.export's pt2 (no pickle to load); a batch of 2 keeps the batch size dynamic.
-    # Requirements are stated: inferring them loads the model in a subprocess (10 s on 2 cores).
-    example = np.zeros((2, 3, config["image_size"], config["image_size"]), dtype=np.float32)
-    with torch.no_grad():
-        output = model(torch.from_numpy(example)).numpy()
-    if out_dir.exists():
-        import shutil
-
-        shutil.rmtree(out_dir)
-    mlflow.pytorch.save_model(
-        model,
-        str(out_dir),
-        signature=infer_signature(example, output),
-        input_example=example,
-        serialization_format="pt2",
-        pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
-    )
-    return out_dir
+    point = OperatingPoint.from_clinical(clinical) if clinical else None
+    return save_fracture_model(model_file(load_checkpoint(checkpoint_dir / CHECKPOINT_FILE), point), out_dir)
