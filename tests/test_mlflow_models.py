@@ -1,5 +1,5 @@
-"""The models a search puts in MLflow, used as a user would: the registered champion. Real server,
-real Ray, real files."""
+"""The models a search puts in MLflow, used as a user would: the registered champion, and every
+trial's best checkpoint as an MLflow 3 logged model of its run. Real server, real Ray, real files."""
 
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import LoggedModelStatus
 from PIL import Image
 
-from fracture_models.data import resolve_dataset_root
+from fracture_models.data import load_split, resolve_dataset_root
 from fracture_models.engine import load_checkpoint
+from fracture_models.predict import FracturePredictor
 from tests.conftest import MlflowServer, search_args
 from tests.test_predict import evaluation_probabilities, run_predict
 from tuning.run import main
@@ -48,6 +52,11 @@ def user_tracking_uri(server, monkeypatch):
 def best_checkpoint_file(trial_dir: Path, epoch: int) -> Path:
     """The trial's kept checkpoint of its best epoch, in the experiment folder."""
     return next(p for p in sorted(trial_dir.glob("checkpoint_*/checkpoint.pt")) if load_checkpoint(p)["epoch"] == epoch)
+
+
+def job_models(client: MlflowClient, job: str) -> list:
+    experiment = client.get_experiment_by_name("fracture-cnn")
+    return list(client.search_logged_models([experiment.experiment_id], filter_string=f"tags.job_name = '{job}'"))
 
 
 def test_the_champion_predicts_an_image_file_as_the_projects_evaluation_does(
@@ -95,3 +104,68 @@ def test_the_champion_predicts_an_image_file_as_the_projects_evaluation_does(
         {"path": str(image), "fracture_probability": pytest.approx(expected[relative], abs=1e-6), "decision": by_path["decision"][0], "threshold": pytest.approx(threshold)}
     ]
 
+
+def test_every_trials_best_checkpoint_is_a_logged_model_of_its_run(
+    searched, server, tiny_download: Path, tmp_path: Path, user_tracking_uri: str
+):
+    experiment, summary = searched
+    client = MlflowClient(server.url)
+    rows = {row["trial_id"]: row for row in summary["trials"]}
+    assert any(row["status"] == "stopped early" for row in rows.values())
+
+    # Found through the client: one READY model per trial, stopped early or not.
+    models = {m.tags["ray_trial_id"]: m for m in job_models(client, "models")}
+    assert set(models) == set(rows)
+    assert all(m.status == LoggedModelStatus.READY for m in models.values())
+    for trial_id, model in models.items():
+        run = client.get_run(model.source_run_id)
+        assert run.data.tags["ray_trial_id"] == trial_id and run.data.tags["role"] == "trial"
+        # Linked to the run (an output at the best epoch) and to the best epoch's metrics.
+        assert [(o.model_id, o.step) for o in run.outputs.model_outputs] == [(model.model_id, rows[trial_id]["best_epoch"])]
+        linked = {m.key: m for m in model.metrics}
+        assert linked["val_loss"].step == rows[trial_id]["best_epoch"]
+        assert linked["val_loss"].value == pytest.approx(rows[trial_id]["best_value"])
+        assert model.params["lr"] == run.data.params["lr"]
+        assert model.tags["best_epoch"] == str(rows[trial_id]["best_epoch"])
+
+    # Loaded as a user would, an early-stopped trial's model predicts as its checkpoint file does.
+    stopped = next(row for row in rows.values() if row["status"] == "stopped early")
+    loaded = mlflow.pyfunc.load_model(models[stopped["trial_id"]].model_uri)
+    data_root = resolve_dataset_root(tiny_download)
+    paths = [str(data_root / p) for p in load_split(data_root, "test", IMAGE_SIZE).paths]
+    from_mlflow = loaded.predict(pd.DataFrame({"path": paths}))["fracture_probability"].to_numpy()
+    checkpoint = best_checkpoint_file(Path(stopped["path"]), stopped["best_epoch"])
+    from_file = np.array([r["fracture_probability"] for r in FracturePredictor.from_file(checkpoint).predict(paths)])
+    np.testing.assert_allclose(from_mlflow, from_file, atol=1e-6)
+
+    # Weights only: no optimiser state travels; the staged copies are gone from the experiment folder.
+    weights = mlflow.artifacts.download_artifacts(f"{models[stopped['trial_id']].artifact_location}/artifacts/model.pt", dst_path=str(tmp_path))
+    saved = torch.load(weights, weights_only=True)
+    assert not {"optimizer", "scheduler", "scaler"} & set(saved) and saved["epoch"] == stopped["best_epoch"]
+    assert not list(experiment.glob("mlflow/trial_*/model"))
+    assert not (experiment / "mlflow_outbox.jsonl").exists()
+
+
+def _stored_model_files(server: MlflowServer) -> set[str]:
+    """Logged model ids whose weights are in the server's artifact store."""
+    return {p.parts[-4] for p in (server.store / "artifacts").rglob("models/m-*/artifacts/artifacts/model.pt")}
+
+
+def test_mlflow_checkpoints_bounds_what_the_artifact_store_keeps(ray_session, tiny_download: Path, tmp_path: Path, server):
+    client = MlflowClient(server.url)
+    common = ["--epochs", "1", "--scheduler", "none", "--confirm-top", "0", "--metric", "val_loss", "--tracking-uri", server.url]
+
+    # top-1: only the best trial's model stays; the others' weights are deleted from the store as better ones arrive.
+    assert main(search_args(tiny_download, tmp_path, "top1", "--num-samples", "3", "--mlflow-checkpoints", "top-1", *common)) == 0
+    summary = json.loads((tmp_path / "top1" / "summary.json").read_text())
+    kept = job_models(client, "top1")
+    assert [m.tags["ray_trial_id"] for m in kept] == [summary["best_trial"]["trial_id"]]
+    listed = {m.model_id for m in client.search_logged_models([client.get_experiment_by_name("fracture-cnn").experiment_id])}
+    stored = _stored_model_files(server)
+    assert kept[0].model_id in stored and stored <= listed  # no deleted model left its weights behind
+
+    # winner: the tested winner's model only, logged once the winner is known.
+    assert main(search_args(tiny_download, tmp_path, "winner1", "--num-samples", "2", "--mlflow-checkpoints", "winner", *common)) == 0
+    summary = json.loads((tmp_path / "winner1" / "summary.json").read_text())
+    assert [m.tags["ray_trial_id"] for m in job_models(client, "winner1")] == [summary["tested_trial"]["trial_id"]]
+    assert json.loads((tmp_path / "winner1" / "job.json").read_text())["mlflow_checkpoints"] == "winner"

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
+from mlflow.entities import LoggedModelStatus
 from ray import tune
 
 from fracture_models.data import load_split, resolve_dataset_root
@@ -180,6 +181,9 @@ def test_tracking_outage_mid_job_loses_no_metric(ray_session, tiny_download: Pat
             for key in ("val_loss", "val_fracture_f1", "train_loss"):
                 assert sorted(m.step for m in client.get_metric_history(child.info.run_id, key)) == [1, 2, 3]
             assert child.info.status == "FINISHED"
+            # Its best checkpoint reached MLflow through the outbox too, as the run's logged model.
+            [output] = child.outputs.model_outputs
+            assert client.get_logged_model(output.model_id).status == LoggedModelStatus.READY
         assert "test_fracture_f1" in parent.data.metrics and parent.info.status == "FINISHED"
         assert client.get_model_version_by_alias("fracture-cnn", CHAMPION).run_id == parent.info.run_id
         assert not (tmp_path / "outage" / "mlflow_outbox.jsonl").exists()

@@ -1,5 +1,5 @@
 """The Ray Tune callbacks of a search, on the driver: each trial's MLflow run (with where it ran:
-node and GPU tags), and the optimiser state a finished trial no longer needs. The only tracking module that imports Ray.
+node and GPU tags, and its best checkpoint as the run's logged model), and the optimiser state a finished trial no longer needs. The only tracking module that imports Ray.
 
 DropOptimizerState: a finished trial keeps its weights, not its optimiser state.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from pathlib import Path
 from typing import Iterable
 
 import pyarrow.fs
@@ -22,7 +23,8 @@ from ray import tune
 from tuning.placement import placement_of
 from tuning.tracking.names import TRIAL_ROLE
 from tuning.tracking.tracker import LEARNING_RATE, REPORTED_PREFIXES, SearchTracker
-from tuning.trainable import OPTIMIZER_FILE
+from tuning.summary import scored_checkpoint_dir
+from tuning.trainable import CHECKPOINT_FILE, CHECKPOINT_SCORE, OPTIMIZER_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +62,12 @@ class MlflowLoggingCallback(tune.Callback):
 
     def _ended(self, trial, *, failed: bool) -> None:
         history = list(self.histories.get(trial.trial_id, []))  # a copy: a retried trial's history changes on
-        self.tracker.in_background(partial(self.tracker.trial_ended, trial.trial_id, history, failed=failed))
+        kept = [(r.checkpoint, r.metrics) for r in trial.run_metadata.checkpoint_manager.best_checkpoint_results]
+        checkpoint = partial(_best_checkpoint_file, kept, self.tracker.job.mode, trial.path)  # found (or downloaded) in the background
+        params = {k: trial.config.get(k) for k in self.hyperparameters}
+        self.tracker.in_background(
+            partial(self.tracker.trial_ended, trial.trial_id, history, failed=failed, checkpoint=checkpoint, params=params, role=self.role)
+        )
 
     def on_experiment_end(self, trials, **info):
         self.tracker.drain()
@@ -71,6 +78,13 @@ class MlflowLoggingCallback(tune.Callback):
 
     def set_state(self, state: dict) -> None:
         self.histories = state.get("histories", {})
+
+
+def _best_checkpoint_file(kept: list, mode: str, trial_path: str) -> Path | None:
+    """The file of the trial's best kept checkpoint (weights, no optimiser state); None when it kept none."""
+    if not any(CHECKPOINT_SCORE in metrics for _, metrics in kept):
+        return None
+    return scored_checkpoint_dir(kept, mode, trial_path) / CHECKPOINT_FILE
 
 
 class DropOptimizerState(tune.Callback):

@@ -41,6 +41,7 @@ RECORDED_FLAGS = {
     "sampler": "sampler",
     "sampler_seed": "sampler_seed",
     "target_sensitivity": "target_sensitivity",
+    "mlflow_checkpoints": "mlflow_checkpoints",
 }
 NESTED_FLAGS = {  # flag -> (record section, key)
     "scheduler": ("scheduler", "name"),
@@ -95,6 +96,7 @@ class JobSpec:
     optuna_storage: str | None = None  # password left out
     tracking_uri: str | None = None  # password left out
     mlflow_parent_run_id: str | None = None
+    mlflow_checkpoints: str = "all"  # whose best checkpoints go to MLflow: all, top-K or winner (tuning.tracking.models)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes) -> "JobSpec":
@@ -198,6 +200,7 @@ def from_args(
         baseline=dict(BASELINE_HYPERPARAMETERS),
         confirmation={"top": args.confirm_top, "extra_seeds": args.confirm_seeds, "budget": args.confirm_budget},
         target_sensitivity=args.target_sensitivity,
+        mlflow_checkpoints=args.mlflow_checkpoints,
         audit=dict(audit),
         git_commit=git_commit(),
         package_versions=package_versions(),

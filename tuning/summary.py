@@ -94,9 +94,14 @@ def best_single_run(rows: list[dict]) -> dict:
 
 def best_checkpoint_dir(result, mode: str) -> Path:
     """A local folder holding the trial's kept checkpoint with the best checkpoint score."""
-    candidates = [(c, m) for c, m in result.best_checkpoints if CHECKPOINT_SCORE in m]
+    return scored_checkpoint_dir(result.best_checkpoints, mode, result.path)
+
+
+def scored_checkpoint_dir(checkpoints: Iterable[tuple], mode: str, trial_path: str) -> Path:
+    """A local folder holding the best-scored of a trial's kept (checkpoint, metrics) pairs."""
+    candidates = [(c, m) for c, m in checkpoints if CHECKPOINT_SCORE in m]
     if not candidates:
-        raise RuntimeError(f"trial {result.path} kept no scored checkpoint")
+        raise RuntimeError(f"trial {trial_path} kept no scored checkpoint")
     checkpoint, _ = _better(mode)(candidates, key=lambda cm: cm[1][CHECKPOINT_SCORE])
     from pyarrow.fs import LocalFileSystem
 

@@ -20,7 +20,7 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Mapping, NamedTuple
 
 from fracture_models.errors import UserError
 from fracture_models.labels import CLASS_NAMES, POSITIVE_CLASS, POSITIVE_LABEL
@@ -172,3 +172,43 @@ def load_predictor(uri: str, *, device: torch.device | None = None) -> FractureP
     predictor.source = uri
     return predictor
 
+
+# ---------------------------------------------------------------------------------------------
+# Which trials' models go to MLflow
+
+
+class CheckpointPolicy(NamedTuple):
+    """`--mlflow-checkpoints`: every run's best checkpoint ("all"), those of the job's K best runs
+    ("top-K", by the search metric; others are removed as better ones arrive), or only the tested
+    winner's ("winner"). A logged model holds the weights only: VGG16 0.54 GB, ResNet50 0.09 GB,
+    the study's CNN at 224 px 0.21 GB."""
+
+    keep: str  # "all", "top" or "winner"
+    top: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "CheckpointPolicy":
+        text = text.strip().lower()
+        if text in ("all", "winner"):
+            return cls(text)
+        if text.startswith("top-") and text[4:].isdigit() and int(text[4:]) >= 1:
+            return cls("top", int(text[4:]))
+        raise ValueError(f"--mlflow-checkpoints takes all, top-K (K >= 1, e.g. top-5) or winner, not {text!r}")
+
+    def __str__(self) -> str:
+        return f"top-{self.top}" if self.keep == "top" else self.keep
+
+    @property
+    def per_trial(self) -> bool:
+        """True when a run's model is logged as the run ends (all, top-K), not once the winner is known."""
+        return self.keep != "winner"
+
+
+def checkpoint_policy_flag(text: str) -> str:
+    """argparse type of --mlflow-checkpoints: the policy's canonical spelling."""
+    import argparse
+
+    try:
+        return str(CheckpointPolicy.parse(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc

@@ -27,3 +27,13 @@ def confirm_metric_name(subject: str, statistic: str) -> str:
 def best_metric_name(metric: str) -> str:
     """The parent and trial runs' metric holding `metric` at the best epoch: best_val_fracture_f1."""
     return f"best_{metric}"
+
+
+# Each trial's best checkpoint as an MLflow 3 logged model of its run (tuning.tracking.models).
+MODEL_TYPE = "fracture-classifier"
+CHECKPOINT_SCORE_TAG = "checkpoint_score"  # a logged model's rank: the metric at its epoch, demoted for a one-class model
+
+
+def run_name(role: str, trial_id: str) -> str:
+    """A trial's or confirmation run's MLflow run name; its logged model has the same name."""
+    return f"{'confirm' if role == CONFIRMATION_ROLE else 'trial'}_{trial_id}"

@@ -36,11 +36,15 @@ from tuning.tracking.names import (
     TRIAL_ROLE,
     TRIAL_TAG,
     TRIALS_METRIC,
+    CHECKPOINT_SCORE_TAG,
+    MODEL_TYPE,
     best_metric_name,
     confirm_metric_name,
     experiment_name,
+    run_name,
 )
 from tuning.tracking.outbox import OUTBOX_FILE, RETRY_AFTER_S, Outbox
+from tuning.tracking.models import CheckpointPolicy
 from tuning.tracking.registry import register_winner
 from tuning.tracking.store import store_dir
 
@@ -196,8 +200,7 @@ class SearchTracker:
             }
             if role == CONFIRMATION_ROLE and params and params.get(CONFIRMS):
                 tags[CONFIRMS] = str(params[CONFIRMS])
-            run_name = f"{'confirm' if role == CONFIRMATION_ROLE else 'trial'}_{trial_id}"
-            run_id = self.client.create_run(self._experiment(), run_name=run_name, tags=tags).info.run_id
+            run_id = self.client.create_run(self._experiment(), run_name=run_name(role, trial_id), tags=tags).info.run_id
             fixed = self.job.base_config
             self.client.log_batch(run_id, params=_params({**fixed, **(params or {})}))
         self._runs[trial_id] = run_id
@@ -232,6 +235,91 @@ class SearchTracker:
         run_id = self.parent_run_id if trial_id is None else self._run_for(trial_id)
         self.client.set_terminated(run_id, status)
 
+    def _op_trial_model(
+        self, trial_id: str, model_dir: str, step: int, metrics: dict, params: dict, tags: dict, timestamp_ms: int
+    ) -> None:
+        """A run's best checkpoint as its MLflow 3 logged model, linked to the run (an output at the
+        best epoch) and to that epoch's metrics. Replayable: a model already READY is not sent again,
+        one left PENDING by an outage is completed."""
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+        from tuning.tracking.models import set_model_id
+
+        run_id = self._run_for(trial_id)
+        mine = self._job_models(f"tags.{TRIAL_TAG} = '{trial_id}'")
+        ready = [m for m in mine if m.status == LoggedModelStatus.READY]
+        staged = Path(model_dir)
+        if not ready and self._policy().keep == "top" and not self._makes_top(float(tags[CHECKPOINT_SCORE_TAG])):
+            logger.info("Trial %s: its model is not among the job's %d best; not sent to MLflow", trial_id, self._policy().top)
+        elif not ready:
+            if not staged.is_dir():
+                logger.warning("Trial %s: its staged model %s is gone; not sent to MLflow", trial_id, staged)
+                return
+            pending = [m for m in mine if m.status == LoggedModelStatus.PENDING]
+            if pending:
+                model = pending[0]
+            else:
+                model = self.client.create_logged_model(
+                    self._experiment(), name=tags["run_name"], source_run_id=run_id, tags=tags, params=params, model_type=MODEL_TYPE
+                )
+                self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=step)])
+            self.client.log_batch(run_id, metrics=self._linked_metrics(run_id, model.model_id, step, metrics, timestamp_ms))
+            set_model_id(staged, model.model_id, run_id)
+            self.client.log_model_artifacts(model.model_id, str(staged))
+            self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        shutil.rmtree(staged, ignore_errors=True)  # sent or not wanted: the trial's folder keeps its checkpoint
+        if self._policy().keep == "top":
+            self._keep_top()
+
+    def _linked_metrics(self, run_id: str, model_id: str, step: int, metrics: Mapping, timestamp_ms: int) -> list:
+        """The run's metrics at `step`, again with the model's id, as `mlflow.<flavour>.log_model(step=...)`
+        links them: same timestamp and value, so the run's history gains no second point."""
+        from mlflow.entities import Metric
+
+        linked = []
+        for key, value in metrics.items():
+            logged = [m for m in self.client.get_metric_history(run_id, key) if m.step == step]
+            timestamp, value = (logged[-1].timestamp, logged[-1].value) if logged else (timestamp_ms, float(value))
+            linked.append(Metric(key, value, timestamp, step, model_id=model_id, run_id=run_id))
+        return linked
+
+    def _policy(self) -> CheckpointPolicy:
+        return CheckpointPolicy.parse(getattr(self.job, "mlflow_checkpoints", "all"))  # "all" for jobs from before the flag
+
+    def _job_models(self, extra_filter: str | None = None) -> list:
+        """The job's logged models (of trial and confirmation runs), every page."""
+        filter_string = f"tags.{JOB_TAG} = '{self.job.name}'" + (f" AND {extra_filter}" if extra_filter else "")
+        found, token = [], None
+        while True:
+            page = self.client.search_logged_models([self._experiment()], filter_string=filter_string, page_token=token)
+            found += list(page)
+            token = page.token
+            if not token:
+                return found
+
+    def _ranked_models(self) -> list:
+        """The job's READY logged models, best checkpoint score first."""
+        from mlflow.entities import LoggedModelStatus
+
+        ready = [m for m in self._job_models() if m.status == LoggedModelStatus.READY]
+        sign = -1 if self.job.mode == "max" else 1
+        return sorted(ready, key=lambda m: sign * float(m.tags[CHECKPOINT_SCORE_TAG]))
+
+    def _makes_top(self, score: float) -> bool:
+        from fracture_models.metrics import is_better
+
+        ranked = self._ranked_models()
+        return len(ranked) < self._policy().top or is_better(score, float(ranked[self._policy().top - 1].tags[CHECKPOINT_SCORE_TAG]), self.job.mode)
+
+    def _keep_top(self) -> None:
+        """Remove the logged models (their artifacts, then the model) beyond the job's K best."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        for model in self._ranked_models()[self._policy().top :]:
+            get_artifact_repository(model.artifact_location, tracking_uri=self.uri).delete_artifacts()
+            self.client.delete_logged_model(model.model_id)
+            logger.info("Removed the logged model of %s: no longer among the job's %d best", model.name, self._policy().top)
+
     def _op_register(self, model_dir: str, description: dict) -> None:
         self._register(model_dir, description)
 
@@ -259,8 +347,19 @@ class SearchTracker:
         """Tag a trial's run with where it runs (node, host, GPU ids): again if a retry moved it."""
         self.submit("tags", trial_id=trial_id, tags=dict(placement))
 
-    def trial_ended(self, trial_id: str, history: list[dict], *, failed: bool) -> None:
-        """Final state, best epoch's confusion matrix and the loss curves of one trial."""
+    def trial_ended(
+        self,
+        trial_id: str,
+        history: list[dict],
+        *,
+        failed: bool,
+        checkpoint: Callable[[], Path | None] | None = None,
+        params: Mapping | None = None,
+        role: str = TRIAL_ROLE,
+    ) -> None:
+        """Final state, best epoch's confusion matrix and the loss curves of one trial; with
+        `checkpoint` (where its best checkpoint file is), that checkpoint as the run's logged model."""
+
         metric, mode, max_epochs = self.job.metric, self.job.mode, self.job.epochs
         epochs = max((row["training_iteration"] for row in history), default=0)
         state = run_state(epochs, max_epochs, failed=failed)
@@ -288,10 +387,51 @@ class SearchTracker:
             for plot in plots:
                 if plot is not None:  # a plot that could not be written is a warning, not a lost trial record
                     self.submit("artifact", trial_id=trial_id, path=str(plot), artifact_path="plots")
+            if checkpoint is not None and self._policy().per_trial:
+                self.trial_model(trial_id, checkpoint(), params or {}, role)
         self.submit("tags", trial_id=trial_id, tags=tags)
         self.submit("end", trial_id=trial_id, status="FAILED" if failed else "FINISHED")
 
-    def job_finished(self, summary: dict, report_files: Iterable[Path], model_dir: Path | None) -> None:
+    def trial_model(self, trial_id: str, checkpoint_file: Path | None, params: Mapping, role: str = TRIAL_ROLE) -> None:
+        """Stage a run's best checkpoint as an MLflow model (weights only, no optimiser state) in the
+        experiment folder and queue it as the run's logged model: an outage delays it, loses nothing."""
+        from fracture_models.engine import load_checkpoint
+        from fracture_models.metrics import selection_score
+        from fracture_models.predict import model_file
+        from tuning.tracking.models import save_fracture_model
+
+        if checkpoint_file is None or not Path(checkpoint_file).is_file():
+            logger.warning("Trial %s kept no checkpoint file (%s); no model of it goes to MLflow", trial_id, checkpoint_file)
+            return
+        model = model_file(load_checkpoint(checkpoint_file))
+        metrics = {k: float(v) for k, v in model["metrics"].items() if k.startswith(REPORTED_PREFIXES) and _is_number(v)}
+        score = selection_score(metrics, self.job.metric, self.job.mode, prefix="val_")
+        folder = save_fracture_model(model, self.files_dir(f"trial_{trial_id}") / "model")
+        tags = {
+            JOB_TAG: self.job.name,
+            TRIAL_TAG: trial_id,
+            ROLE_TAG: role,
+            "run_name": run_name(role, trial_id),
+            "arch": self.job.arch,
+            "data_fingerprint": self.job.data_fingerprint,
+            "metric": self.job.metric,
+            "best_epoch": str(model["epoch"]),
+            CHECKPOINT_SCORE_TAG: repr(score),
+        }
+        self.submit(
+            "trial_model",
+            trial_id=trial_id,
+            model_dir=str(folder),
+            step=int(model["epoch"]),
+            metrics=metrics,
+            params={k: str(v) for k, v in params.items()},
+            tags=tags,
+            timestamp_ms=int(time.time() * 1000),
+        )
+
+    def job_finished(
+        self, summary: dict, report_files: Iterable[Path], model_dir: Path | None, winner_checkpoint: Path | None = None
+    ) -> None:
         test = {f"test_{k}": v for k, v in summary["test"].items() if _is_number(v)}
         if summary.get("clinical"):
             from fracture_models.clinical import clinical_scalars
@@ -310,6 +450,10 @@ class SearchTracker:
         test.update(confirmation_metrics(summary.get("confirmation")))
         self.submit("metrics", trial_id=None, step=0, metrics=test, timestamp_ms=int(time.time() * 1000))
         best, tested = summary["best_trial"], summary.get("tested_trial") or summary["best_trial"]
+        if winner_checkpoint is not None and not self._policy().per_trial:  # --mlflow-checkpoints winner
+            searched = any(row["trial_id"] == tested["trial_id"] for row in summary["trials"])
+            params = {name: tested.get(name) for name in summary["baseline"]}
+            self.trial_model(tested["trial_id"], winner_checkpoint, params, TRIAL_ROLE if searched else CONFIRMATION_ROLE)
         tags = {"best_trial": best["trial_id"], "epochs_budget": summary["epochs_budget"], "image_size": self.job.image_size}
         if summary.get("confirmation"):
             tags.update(confirm_winner=summary["confirmation"]["winner"], confirm_verdict=summary["confirmation"]["verdict"])
