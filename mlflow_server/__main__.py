@@ -5,14 +5,16 @@
         --artifacts-destination s3://bucket/mlflow --host 0.0.0.0 --auth
 
 It binds 127.0.0.1 unless told otherwise, refuses a non-loopback address without --auth (or an
-explicit --insecure), waits until the server answers /health before printing its address, and
-stops the whole server on Ctrl-C.
+explicit --insecure), waits until the server answers /health before printing its address and the
+runs table of each project experiment, and stops the whole server on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import ipaddress
+import json
 import logging
 import os
 import secrets
@@ -29,7 +31,9 @@ from fracture_models.cli import configure_logging, run_main
 from fracture_models.errors import UserError
 from fracture_models.records import redact_url
 from mlflow_server.app import AUTH_ENV, DEFAULT_MAX_REQUEST_MB, MAX_REQUEST_ENV
+from tuning.tracking.names import EXPERIMENT_PREFIX
 from tuning.tracking.store import artifacts_dir, backend_uri, store_dir
+from tuning.tracking.ui import runs_table_url
 
 logger = logging.getLogger("mlflow_server")
 
@@ -194,6 +198,25 @@ def wait_until_healthy(url: str, process: subprocess.Popen, timeout_s: float = S
     raise RuntimeError(f"no answer from {url}/health within {timeout_s:.0f} s")
 
 
+def runs_links(url: str, admin_password: str | None) -> list[str]:
+    """'Runs of fracture-cnn: <its runs table>' for each project experiment on the server; none
+    when it cannot list them (its page still opens experiments on their runs tables)."""
+    body = json.dumps({"max_results": 1000, "filter": f"name LIKE '{EXPERIMENT_PREFIX}%'", "order_by": ["name ASC"]}).encode()
+    request = urllib.request.Request(
+        f"{url}/api/2.0/mlflow/experiments/search", data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
+    if admin_password:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"admin:{admin_password}".encode()).decode())
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with direct.open(request, timeout=15) as response:
+            experiments = json.loads(response.read()).get("experiments", [])
+    except (OSError, ValueError) as exc:  # URLError is an OSError
+        logger.warning("Could not list the experiments for their links (%s)", exc)
+        return []
+    return [f"Runs of {e['name']}: {runs_table_url(url, e['experiment_id'])}" for e in experiments]
+
+
 def stop(process: subprocess.Popen) -> None:
     """Stop the server and its workers (one process group)."""
     if process.poll() is not None:
@@ -233,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
 
     env = dict(os.environ)
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job runner: 2 processes instead of 15
+    # MLflow's GenAI assistant: never offered to browsers on other machines. MLflow has no setting
+    # that hides it from a browser on this one (localhost); the page's presets keep it closed there.
+    env["MLFLOW_ENABLE_REMOTE_ASSISTANT"] = "false"
     if args.auth:
         env.update(_auth_settings(store, env, args.default_permission))
         env[AUTH_ENV] = "1"
@@ -265,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as exc:
             raise UserError(f"The MLflow server did not start: {exc}. Last lines of {log_file}:\n{_tail(log_file)}") from exc
         auth_note = " (basic-auth: user admin)" if args.auth else ""
-        print(f"MLflow UI: {url}{auth_note}\nTracking URI for searches: --tracking-uri {url}\nCtrl-C stops the server.", flush=True)
+        links = "".join(f"{line}\n" for line in runs_links(url, env.get(ADMIN_PASSWORD_ENV) if args.auth else None))
+        print(f"MLflow UI: {url}{auth_note}\n{links}Tracking URI for searches: --tracking-uri {url}\nCtrl-C stops the server.", flush=True)
         code = process.wait()
         raise UserError(f"The MLflow server stopped (exit code {code}). Last lines of {log_file}:\n{_tail(log_file)}")
     except KeyboardInterrupt:

@@ -3,12 +3,19 @@
 Registered as the MLflow app plugin `fracture-tune` (pyproject entry point `mlflow.app`), so
 MLflow's server runs it in its workers; with --auth it is wrapped by MLflow's basic-auth like
 every other route, so the page needs a login too, and shows each user only the experiments they may read.
+
+MLflow's own page gets a few lines of script that preset MLflow's per-browser choices where a
+browser has made none (`ui_presets`): the model-training view, the assistant closed, and each
+project experiment's runs-table columns from its saved view `Trials` (tuning.tracking.ui says why
+MLflow 3.17 offers no other way).
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
+import logging
 import os
 
 AUTH_ENV = "FRACTURE_MLFLOW_AUTH"
@@ -16,6 +23,27 @@ MAX_REQUEST_ENV = "FRACTURE_MLFLOW_MAX_REQUEST_BYTES"
 DEFAULT_MAX_REQUEST_MB = 8.0  # a search's largest write is a batch of 1,000 metrics, well under 1 MB
 ARTIFACT_ROUTES = ("/api/2.0/mlflow-artifacts/", "/ajax-api/2.0/mlflow-artifacts/")  # uploads: large by nature
 LEADERBOARD_ROUTE = "/leaderboard"
+MLFLOW_PAGE_ENDPOINT = "serve"  # MLflow's view function for its single page, index.html (mlflow.server)
+
+logger = logging.getLogger("mlflow_server")
+
+# Where MLflow 3.17's page keeps a browser's choices (localStorage; each value is JSON).
+WORKFLOW_KEY = "mlflow.workflowType_v1"  # the GenAI / Model training switch
+ASSISTANT_OPENED_KEY = "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1"  # true: the assistant opened itself once already
+
+
+def runs_layout_key(experiment_id: str) -> str:
+    """Where the page keeps a browser's runs-table layout of one experiment (columns, sort, filters)."""
+    return f"MLflowLocalStorage-1.1-ExperimentPage-{json.dumps([experiment_id])}-ReactComponentState"
+
+
+# Sets each preset only where this browser holds no value: a choice made in MLflow's UI stays.
+PRESETS_SCRIPT = (
+    "<script>/* fracture-tune: MLflow's defaults for this project (python -m mlflow_server) */"
+    "(function (presets) { try { for (const [key, value] of Object.entries(presets)) {"
+    " if (window.localStorage.getItem(key) === null) window.localStorage.setItem(key, value); } }"
+    " catch (error) { /* no storage: MLflow's own defaults */ } })(%s);</script>"
+)
 
 
 def create_app():
@@ -24,6 +52,7 @@ def create_app():
     if "fracture_leaderboard" not in app.view_functions:
         app.add_url_rule(LEADERBOARD_ROUTE, "fracture_leaderboard", leaderboard_page, methods=["GET"])
         app.before_request(_cap_request_body)
+        app.after_request(_with_presets)
     if os.environ.get(AUTH_ENV) == "1":
         from mlflow.server import auth
 
@@ -51,6 +80,58 @@ def _readable_experiments():
     from mlflow.server.auth import filter_experiment_ids
 
     return filter_experiment_ids
+
+
+def _with_presets(response):
+    """MLflow's page with the presets script first in its head. Never cached: the presets list
+    the store's experiments, which a cached copy would miss."""
+    from flask import request
+
+    if request.endpoint != MLFLOW_PAGE_ENDPOINT or response.status_code != 200 or response.mimetype != "text/html":
+        return response
+    response.direct_passthrough = False  # MLflow sends the file as a stream
+    page = response.get_data(as_text=True)
+    if "<head>" not in page:
+        return response
+    script = PRESETS_SCRIPT % _htmlsafe_json(ui_presets())
+    response.set_data(page.replace("<head>", f"<head>{script}", 1))
+    response.headers["Cache-Control"] = "no-store"
+    for validator in ("ETag", "Last-Modified"):
+        response.headers.pop(validator, None)
+    return response
+
+
+def ui_presets() -> dict[str, str]:
+    """localStorage key -> value: the model-training view, the assistant not opening by itself (it
+    does once on a loopback address; MLflow has no setting to hide it there), and the runs-table
+    layout of each project experiment the user may read that has a `Trials` view."""
+    from mlflow import MlflowClient
+    from mlflow.server import BACKEND_STORE_URI_ENV_VAR
+
+    from tuning.tracking.names import EXPERIMENT_PREFIX, RUNS_VIEW_TAG
+    from tuning.tracking.ui import MODEL_TRAINING_WORKFLOW, view_layout
+
+    presets = {WORKFLOW_KEY: json.dumps(MODEL_TRAINING_WORKFLOW), ASSISTANT_OPENED_KEY: json.dumps(True)}
+    try:
+        client = MlflowClient(os.environ[BACKEND_STORE_URI_ENV_VAR])
+        experiments = client.search_experiments(filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'", max_results=1000)
+        readable = _readable_experiments()
+        allowed = set(readable([e.experiment_id for e in experiments])) if readable else {e.experiment_id for e in experiments}
+    except Exception:  # noqa: BLE001 - the page must load; it then shows MLflow's default columns
+        logger.exception("Could not read the project's experiments for the UI presets")
+        return presets
+    for experiment in experiments:
+        layout = view_layout(experiment.tags.get(RUNS_VIEW_TAG))
+        if layout is not None and experiment.experiment_id in allowed:
+            presets[runs_layout_key(experiment.experiment_id)] = layout
+    return presets
+
+
+def _htmlsafe_json(value) -> str:
+    """JSON that cannot end the script element it sits in (Jinja2's `tojson`)."""
+    from jinja2.utils import htmlsafe_json_dumps
+
+    return str(htmlsafe_json_dumps(value))
 
 
 def _cap_request_body():

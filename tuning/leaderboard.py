@@ -38,6 +38,7 @@ from tuning.tracking.names import (
     best_metric_name,
     confirm_metric_name,
 )
+from tuning.tracking.ui import runs_table_url
 
 TEST_COLUMNS = ("test_accuracy", "test_fracture_sensitivity", "test_fracture_specificity", "test_fracture_f1")
 
@@ -123,7 +124,7 @@ def collect_jobs(
                 trial_hours=float(metrics.get(TRIAL_HOURS_METRIC, 0.0)),
                 gpu_hours=float(metrics.get(GPU_HOURS_METRIC, 0.0)),
                 date=datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M"),
-                link=f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" if base else run.info.run_id,
+                link=runs_table_url(base, run.info.experiment_id) if base else run.info.run_id,  # the job's row there opens into its trials
                 data_fingerprint=tags.get("data_fingerprint", "?"),
                 image_size=tags.get("image_size", "?"),
                 confirmed=_confirmed(metrics) if not metric.startswith("test_") else "-",

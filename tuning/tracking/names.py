@@ -12,6 +12,14 @@ GENERATED_DATA_TAG = "generated_data"
 # Parent-run metrics of a finished job.
 TRIALS_METRIC, STOPPED_EARLY_METRIC = "trials", "trials_stopped_early"
 TRIAL_HOURS_METRIC, GPU_HOURS_METRIC = "trial_hours", "gpu_hours"
+# A trial run's tags: how it ended (fracture_models.metrics.run_state) and whether early stopping cut it.
+STATE_TAG, STOPPED_EARLY_TAG = "state", "stopped_early"
+# A trial run's metrics at its best epoch (best_metric_name), beside the selection metric's.
+AT_BEST_EPOCH = ("val_fracture_sensitivity", "val_fracture_specificity")
+# How MLflow's UI shows an experiment (tuning.tracking.ui): its kind, the tag MLflow's own kind selector
+# writes, and the saved runs-table view `Trials`, which MLflow's "Views" menu keeps as an experiment tag.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+RUNS_VIEW_TAG, RUNS_VIEW_NAME = "mlflow.sharedViewState.fracture-trials", "Trials"
 
 
 def experiment_name(arch: str) -> str:

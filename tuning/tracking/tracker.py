@@ -24,14 +24,17 @@ from fracture_models.metrics import best_epoch, confusion_from_counts, run_state
 from fracture_models.plots import plot_confusion_matrix, plot_loss_curves
 from fracture_models.records import redact_url
 from tuning.confirmation import CONFIRMS
-from tuning.tracking.connect import configure_client
+from tuning.tracking.connect import configure_client, is_outage
 from tuning.tracking.names import (
+    AT_BEST_EPOCH,
     CONFIRMATION_ROLE,
     GPU_HOURS_METRIC,
     JOB_TAG,
     ROLE_TAG,
     SEARCH_ROLE,
+    STATE_TAG,
     STOPPED_EARLY_METRIC,
+    STOPPED_EARLY_TAG,
     TRIAL_HOURS_METRIC,
     TRIAL_ROLE,
     TRIAL_TAG,
@@ -47,6 +50,7 @@ from tuning.tracking.outbox import OUTBOX_FILE, RETRY_AFTER_S, Outbox
 from tuning.tracking.models import CheckpointPolicy
 from tuning.tracking.registry import register_winner
 from tuning.tracking.store import store_dir
+from tuning.tracking.ui import experiment_tags, runs_table_url
 
 if TYPE_CHECKING:
     from tuning.job import JobSpec
@@ -145,15 +149,29 @@ class SearchTracker:
             name = experiment_name(self.job.arch)
             found = self.client.get_experiment_by_name(name)
             if found is not None:
+                self._describe_for_the_ui(found.experiment_id, found.tags)
                 self.experiment_id = found.experiment_id
             else:
                 artifact_location = None
                 if self.uri.startswith("sqlite:///"):  # the local store: artifacts beside mlflow.db
                     artifact_location = (Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts" / name).as_uri()
+                ui_tags = experiment_tags({}, self.job.metric, int(time.time() * 1000))  # model training, the Trials view
                 self.experiment_id = self.client.create_experiment(
-                    name, artifact_location=artifact_location, tags={"project": "fracture-tune"}
+                    name, artifact_location=artifact_location, tags={"project": "fracture-tune", **ui_tags}
                 )
         return self.experiment_id
+
+    def _describe_for_the_ui(self, experiment_id: str, current: Mapping[str, str]) -> None:
+        """Give an experiment made before these tags, or by hand, what the UI needs (tuning.tracking.ui):
+        the model-training kind and the `Trials` view with this job's metric. A tag the server refuses
+        leaves the experiment as it was; the search goes on."""
+        for key, value in experiment_tags(current, self.job.metric, int(time.time() * 1000)).items():
+            try:
+                self.client.set_experiment_tag(experiment_id, key, value)
+            except Exception as exc:  # noqa: BLE001 - an outage is retried by the outbox; a refusal is only reported
+                if is_outage(exc):
+                    raise
+                logger.warning("MLflow refused the experiment tag %s (%s); the UI shows experiment %s without it", key, exc, experiment_id)
 
     def start(self, *, resume: bool = False) -> str:
         """The job's parent run (found again by its job name on resume); returns its id (sent at once)."""
@@ -196,7 +214,7 @@ class SearchTracker:
                 "team": self.job.team,
                 "user": self.job.user,
                 "data_fingerprint": self.job.data_fingerprint,
-                "state": "running",
+                STATE_TAG: "running",
             }
             if role == CONFIRMATION_ROLE and params and params.get(CONFIRMS):
                 tags[CONFIRMS] = str(params[CONFIRMS])
@@ -330,7 +348,7 @@ class SearchTracker:
             max_results=1,
         )
         if found:  # a lost trial that never reached the callback has no run to close
-            self.client.set_tag(found[0].info.run_id, "state", "lost with the driver")
+            self.client.set_tag(found[0].info.run_id, STATE_TAG, "lost with the driver")
             self.client.set_terminated(found[0].info.run_id, "KILLED")
 
     # -- what the search calls ----------------------------------------------------------------
@@ -363,7 +381,7 @@ class SearchTracker:
         metric, mode, max_epochs = self.job.metric, self.job.mode, self.job.epochs
         epochs = max((row["training_iteration"] for row in history), default=0)
         state = run_state(epochs, max_epochs, failed=failed)
-        tags = {"state": state, "stopped_early": str(state == "stopped early").lower(), "epochs_trained": epochs}
+        tags = {STATE_TAG: state, STOPPED_EARLY_TAG: str(state == "stopped early").lower(), "epochs_trained": epochs}
         best = best_epoch(history, metric, mode)
         if best is not None:
             tags["best_epoch"] = best["training_iteration"]
@@ -371,7 +389,8 @@ class SearchTracker:
                 "metrics",
                 trial_id=trial_id,
                 step=int(best["training_iteration"]),
-                metrics={best_metric_name(metric): float(best[metric])},
+                # The selection metric and, for the runs table's Trials view, sensitivity and specificity at that epoch.
+                metrics={best_metric_name(m): float(best[m]) for m in (metric, *AT_BEST_EPOCH) if m == metric or _is_number(best.get(m))},
                 timestamp_ms=int(time.time() * 1000),
             )
             folder = self.files_dir(f"trial_{trial_id}")
@@ -512,7 +531,9 @@ def tracking_note(tracker: SearchTracker, wait_s: float = 30.0) -> str:
     if tracker.uri.startswith("sqlite:///"):
         default = Path(tracker.uri.removeprefix("sqlite:///")).parent == store_dir()
         browse = "python -m mlflow_server" + ("" if default else f" --store {Path(tracker.uri.removeprefix('sqlite:///')).parent}")
-        where = f"browse: {browse}, then open http://127.0.0.1:5000"
+        where = f"browse: {browse}, then open {runs_table_url('http://127.0.0.1:5000', tracker.experiment_id)}"
+    elif tracker.uri.startswith(("http://", "https://")):
+        where = f"browse: {runs_table_url(redact_url(tracker.uri), tracker.experiment_id)}"
     else:
         where = f"browse: {redact_url(tracker.uri)}"
     return f"MLflow: experiment {name}, parent run {tracker.job.name} ({tracker.parent_run_id}); {where}"
