@@ -308,3 +308,13 @@ def test_s3_experiment_storage_holds_checkpoints_report_and_audit(s3_endpoint, t
     assert summary["num_trials"] == 2 and summary["test"]["num_images"] == 16
     study = optuna.load_study(study_name="remote", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    # Each trial's best checkpoint, read from the bucket, is its run's logged model in the (default, local) MLflow store.
+    from mlflow import MlflowClient
+
+    from tuning.tracking.store import backend_uri, store_dir
+
+    assert "MLflow tracking of a trial failed" not in done.stderr
+    client = MlflowClient(backend_uri(store_dir()))
+    experiment = client.get_experiment_by_name("fracture-cnn").experiment_id
+    models = client.search_logged_models([experiment], filter_string="tags.job_name = 'remote'")
+    assert sorted(m.tags["ray_trial_id"] for m in models) == sorted(r["trial_id"] for r in summary["trials"])

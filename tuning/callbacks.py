@@ -13,17 +13,19 @@ filesystem.
 from __future__ import annotations
 
 import logging
+import shutil
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import pyarrow.fs
 from ray import tune
 
 from tuning.placement import placement_of
+from tuning.summary import scored_checkpoint_dir
 from tuning.tracking.names import TRIAL_ROLE
 from tuning.tracking.tracker import LEARNING_RATE, REPORTED_PREFIXES, SearchTracker
-from tuning.summary import scored_checkpoint_dir
 from tuning.trainable import CHECKPOINT_FILE, CHECKPOINT_SCORE, OPTIMIZER_FILE
 
 logger = logging.getLogger(__name__)
@@ -80,11 +82,19 @@ class MlflowLoggingCallback(tune.Callback):
         self.histories = state.get("histories", {})
 
 
-def _best_checkpoint_file(kept: list, mode: str, trial_path: str) -> Path | None:
-    """The file of the trial's best kept checkpoint (weights, no optimiser state); None when it kept none."""
+@contextmanager
+def _best_checkpoint_file(kept: list, mode: str, trial_path: str) -> Iterator[Path | None]:
+    """The file of the trial's best kept checkpoint (weights, no optimiser state), None when it kept
+    none; from remote storage (s3://) a local copy, removed afterwards."""
     if not any(CHECKPOINT_SCORE in metrics for _, metrics in kept):
-        return None
-    return scored_checkpoint_dir(kept, mode, trial_path) / CHECKPOINT_FILE
+        yield None
+        return
+    folder = scored_checkpoint_dir(kept, mode, trial_path)
+    try:
+        yield folder / CHECKPOINT_FILE
+    finally:
+        if all(Path(checkpoint.path) != folder for checkpoint, _ in kept):  # downloaded: not the checkpoint itself
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 class DropOptimizerState(tune.Callback):

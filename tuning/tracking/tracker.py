@@ -18,7 +18,7 @@ import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Mapping
 
 from fracture_models.metrics import best_epoch, confusion_from_counts, run_state
 from fracture_models.plots import plot_confusion_matrix, plot_loss_curves
@@ -371,12 +371,12 @@ class SearchTracker:
         history: list[dict],
         *,
         failed: bool,
-        checkpoint: Callable[[], Path | None] | None = None,
+        checkpoint: Callable[[], ContextManager[Path | None]] | None = None,
         params: Mapping | None = None,
         role: str = TRIAL_ROLE,
     ) -> None:
         """Final state, best epoch's confusion matrix and the loss curves of one trial; with
-        `checkpoint` (where its best checkpoint file is), that checkpoint as the run's logged model."""
+        `checkpoint` (a context giving its best checkpoint's file), that checkpoint as the run's logged model."""
 
         metric, mode, max_epochs = self.job.metric, self.job.mode, self.job.epochs
         epochs = max((row["training_iteration"] for row in history), default=0)
@@ -407,7 +407,8 @@ class SearchTracker:
                 if plot is not None:  # a plot that could not be written is a warning, not a lost trial record
                     self.submit("artifact", trial_id=trial_id, path=str(plot), artifact_path="plots")
             if checkpoint is not None and self._policy().per_trial:
-                self.trial_model(trial_id, checkpoint(), params or {}, role)
+                with checkpoint() as checkpoint_file:
+                    self.trial_model(trial_id, checkpoint_file, params or {}, role)
         self.submit("tags", trial_id=trial_id, tags=tags)
         self.submit("end", trial_id=trial_id, status="FAILED" if failed else "FINISHED")
 
