@@ -259,6 +259,9 @@ def test_interrupt_then_resume_runs_n_trials_none_twice(ray_session, tiny_downlo
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}' and tags.role = 'trial'")
     assert sorted(c.data.tags["ray_trial_id"] for c in children) == sorted(ray_ids)
+    # One logged model per trial, whether it ended before the interruption or after the resume.
+    models = client.search_logged_models([experiment], filter_string="tags.job_name = 'resumable'")
+    assert sorted(m.tags["ray_trial_id"] for m in models) == sorted(ray_ids)
     # Finished trials were not run again: their Optuna records are unchanged.
     after = {t.number: t for t in trials}
     for t in finished_before:
