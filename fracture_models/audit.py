@@ -9,9 +9,9 @@
   Candidates: each image's `HASH_CANDIDATES` closest perceptual hashes (over the four flips)
   within `HASH_CANDIDATE_BITS`; each image's `CANDIDATES` best of its `SHORTLIST` nearest
   neighbours by a shift-, rotation-, scale- and mirror-free spectrum; and each image's
-  `VOTED_PER_IMAGE` partners sharing the most ORB descriptors (`descriptor_votes`, hashed votes),
-  which proposes turned and cropped copies that global descriptors rank below same-pose
-  look-alikes.
+  `VOTED_PER_IMAGE` partners sharing the most ORB descriptors that agree on one turn and scale
+  (`descriptor_votes`: hashed votes with weak geometric consistency), which proposes turned and
+  cropped copies that global descriptors rank below same-pose look-alikes.
   Geometric check (`geometric_check`, about 1 ms a pair on two cores, nearly all of it descriptor
   matching): the ORB matches that one similarity of a copy's range (turn within 12 degrees of 0
   or 180, scale 0.65-1.55) lays on each other, by RANSAC, for b and its mirror image, or only
@@ -79,7 +79,7 @@ from fracture_models.records import write_json
 
 logger = logging.getLogger(__name__)
 
-AUDIT_VERSION = 7  # 7: the data module's decoder (JPEGs drafted in their own mode, then grey)
+AUDIT_VERSION = 7  # 7: the data module's decoder; votes ranked by geometric consistency
 HASH_SIDE = 32  # the grey image is reduced to 32 x 32 before the DCT
 HASH_BITS = 8  # the 8 x 8 lowest frequencies give a 64-bit hash
 HASH_CANDIDATE_BITS = 8  # pairs within this many bits of 64 are candidates
@@ -89,8 +89,8 @@ COARSE_SIDE = 64  # log-polar spectra are taken at half the thumbnail's resoluti
 LOG_POLAR_SHAPE = (64, 32)  # angles over 180 degrees x log-spaced radii of the spectrum
 LOG_POLAR_RADII = (1.5, 0.4 * COARSE_SIDE)  # spectrum radii (px of COARSE_SIDE) sampled
 MAX_SCALE = 1.5  # candidates by log-polar correlation consider scales between 1 / MAX_SCALE and MAX_SCALE
-SHORTLIST = 24  # nearest neighbours per image by the rotation-, scale- and shift-free spectrum
-CANDIDATES = 3  # of those, the best by log-polar phase correlation are matched in full
+SHORTLIST = 16  # nearest neighbours per image by the rotation-, scale- and shift-free spectrum
+CANDIDATES = 2  # of those, the best by log-polar phase correlation are matched in full
 MIN_OVERLAP = 0.3  # of the smaller image's area, after registration
 DETAIL_BAND = (0.7, 2.0)  # the fine detail compared: Gaussian sigmas (px at `compare_side`) of a band-pass
 TEXTURE_BAND = (0.5, 1.5)  # the finest texture, compared patch by patch
@@ -103,7 +103,8 @@ ORB_FEATURES = 300  # ORB keypoints kept per image (and as many on its mirror im
 VOTE_TABLES = 8  # hash tables of the descriptor vote; each keys on VOTE_KEY_BYTES whole bytes
 VOTE_KEY_BYTES = 3
 VOTE_BUCKET_CAP = 16  # buckets fuller than this hold common structure (edges, markers): no vote
-VOTED_PER_IMAGE = 8  # each image's best-voted partners become candidates
+VOTE_ANGLE_BIN = 30  # degrees: votes agree on a turn within one such bin
+VOTED_PER_IMAGE = 2  # each image's partners with the most consistent votes become candidates
 MIN_DECISIVE_VOTES = 16  # a pair's plain or mirror votes decide which view is matched when this many
 DECISIVE_VOTE_RATIO = 4  # and this many times the other view's
 MAX_DESCRIPTOR_DISTANCE = 64  # of 256 bits, for a descriptor match to enter RANSAC
@@ -190,14 +191,18 @@ class Thumbnails:
 
 @dataclass(frozen=True)
 class LocalFeatures:
-    """ORB keypoints [K, 2] (x, y) and binary descriptors [K, 32] uint8 of an image and of its
-    mirror image (ORB turns with the image, but does not mirror; a vertical flip is a mirror
-    turned 180 degrees)."""
+    """ORB keypoints [K, 2] (x, y), their orientations (degrees) and pyramid levels, and binary
+    descriptors [K, 32] uint8 of an image and of its mirror image (ORB turns with the image, but
+    does not mirror; a vertical flip is a mirror turned 180 degrees)."""
 
     points: np.ndarray
     descriptors: np.ndarray
     mirror_points: np.ndarray
     mirror_descriptors: np.ndarray
+    angles: np.ndarray
+    levels: np.ndarray
+    mirror_angles: np.ndarray
+    mirror_levels: np.ndarray
 
 
 def _grey(decoded: DecodedFile) -> Image.Image:
@@ -218,14 +223,15 @@ def local_features(grey: Image.Image) -> LocalFeatures:
 
     pixels = np.asarray(_resized(grey, FEATURE_SIDE))
     orb = cv2.ORB_create(nfeatures=ORB_FEATURES, scaleFactor=1.2, nlevels=6, edgeThreshold=15, patchSize=15, fastThreshold=5)
-    found = []
+    found, poses = [], []
     for view in (pixels, np.ascontiguousarray(pixels[:, ::-1])):
         keypoints, descriptors = orb.detectAndCompute(view, None)
         found += [
             np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2),
             np.zeros((0, 32), np.uint8) if descriptors is None else descriptors,
         ]
-    return LocalFeatures(*found)
+        poses += [np.array([k.angle for k in keypoints], np.float32), np.array([k.octave for k in keypoints], np.int8)]
+    return LocalFeatures(*found, *poses)
 
 
 def thumbnail(image: Image.Image) -> tuple[np.ndarray, tuple[int, int, int, int]]:
@@ -356,7 +362,8 @@ def _phase_correlation(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
     import scipy.fft
 
     cross = fa * np.conj(fb)
-    return np.real(scipy.fft.ifft2(cross / (np.abs(cross) + 1e-9), axes=(-2, -1), workers=-1))
+    cross /= np.abs(cross) + np.float32(1e-9)  # in place, in complex64
+    return scipy.fft.irfft2(cross, s=LOG_POLAR_SHAPE, axes=(-2, -1), workers=-1, overwrite_x=True)
 
 
 def _scale_limit() -> int:
@@ -465,13 +472,14 @@ def _popcount(values: np.ndarray) -> np.ndarray:
 
 
 def _polar_ffts(thumbs: Thumbnails, usable: np.ndarray) -> np.ndarray:
-    return np.stack([np.fft.fft2(log_polar_spectrum(_apodised(thumbs.pixels[i], thumbs.boxes[i]))) for i in usable]).astype(np.complex64)
+    """The log-polar spectra's FFTs (real input: the half spectrum of `rfft2`)."""
+    return np.stack([np.fft.rfft2(log_polar_spectrum(_apodised(thumbs.pixels[i], thumbs.boxes[i]))) for i in usable]).astype(np.complex64)
 
 
 def _invariants(polar_ffts: np.ndarray) -> np.ndarray:
     """Magnitudes of the log-polar spectra's FFTs (symmetrised over the angle axis): unchanged by
     shift, rotation, scale and mirror. Rows unit-normalised, so a dot product is a cosine."""
-    magnitude = np.abs(polar_ffts[:, :, : LOG_POLAR_SHAPE[1] // 2 + 1])
+    magnitude = np.abs(polar_ffts)
     magnitude = np.log1p(magnitude + _mirrored(magnitude))[:, :12, :9].reshape(len(polar_ffts), -1)
     magnitude -= magnitude.mean(1, keepdims=True)
     return magnitude / (np.linalg.norm(magnitude, axis=1, keepdims=True) + 1e-12)
@@ -517,25 +525,25 @@ def _candidates(
 class DescriptorVotes:
     """ORB descriptor votes of image pairs (`descriptor_votes`): `pairs` sorted keys a * n + b
     (a < b, positions in `usable`), votes of their own descriptors (`direct`) and of one's
-    mirror image against the other (`mirror`)."""
+    mirror image against the other (`mirror`), and `consistent`: the most votes of either kind
+    that agree on one turn and scale."""
 
     usable: np.ndarray
     pairs: np.ndarray
     direct: np.ndarray
     mirror: np.ndarray
+    consistent: np.ndarray
 
     def best_pairs(self) -> set[tuple[int, int]]:
-        """Each image's VOTED_PER_IMAGE partners with the most votes (both kinds)."""
-        n, votes = len(self.usable), self.direct + self.mirror
-        first, second = self.pairs // n, self.pairs % n
-        taken, chosen = np.zeros(n, np.int64), set()
-        for k in np.argsort(-votes, kind="stable"):
-            a, b = first[k], second[k]
-            if taken[a] < VOTED_PER_IMAGE or taken[b] < VOTED_PER_IMAGE:
-                taken[a] += 1
-                taken[b] += 1
-                chosen.add((int(self.usable[a]), int(self.usable[b])))
-        return chosen
+        """Each image's VOTED_PER_IMAGE partners with the most consistent votes."""
+        n = len(self.usable)
+        ends = np.concatenate([self.pairs // n, self.pairs % n])
+        index = np.tile(np.arange(len(self.pairs)), 2)
+        order = np.lexsort((index, -np.tile(self.consistent, 2), ends))  # by image, most votes first, ties by pair
+        ends = ends[order]
+        rank = np.arange(len(ends)) - np.searchsorted(ends, ends)  # place among the image's partners
+        chosen = self.pairs[np.unique(index[order][rank < VOTED_PER_IMAGE])]
+        return {(int(self.usable[k // n]), int(self.usable[k % n])) for k in chosen}
 
     def of(self, i: int, j: int) -> tuple[int, int]:
         """The plain and mirror votes of files i, j."""
@@ -560,15 +568,23 @@ def descriptor_votes(thumbs: Thumbnails, usable: np.ndarray, seed: int = 0) -> D
     """How many ORB descriptors each pair of images shares (its own or its mirror image's),
     counted by locality-sensitive hashing: a descriptor votes for every image with a
     descriptor of the same key (VOTE_KEY_BYTES of its bytes) in each of VOTE_TABLES tables.
-    A copy shares its texture's descriptors; a look-alike mostly its outline's."""
+    A copy shares its texture's descriptors; a look-alike mostly its outline's. Each vote also
+    says by how much the two keypoints turn (VOTE_ANGLE_BIN) and change pyramid level: a copy's
+    votes agree on one turn and scale, a look-alike's scatter (weak geometric consistency)."""
     features = [thumbs.features[i] for i in usable]
-    owners = np.concatenate([np.full(len(f.descriptors), k) for k, f in enumerate(features)])
-    mirror_owners = np.concatenate([np.full(len(f.mirror_descriptors), k) for k, f in enumerate(features)])
-    descriptors = np.concatenate([f.descriptors for f in features])
-    mirrored = np.concatenate([f.mirror_descriptors for f in features])
-    if len(descriptors) == 0:
-        return DescriptorVotes(usable, *np.zeros((3, 0), np.int64))
-    n, rng, keys = len(features), np.random.default_rng(seed), ([], [])
+    if sum(len(f.descriptors) for f in features) == 0:
+        return DescriptorVotes(usable, *np.zeros((4, 0), np.int64))
+    views = [
+        (
+            np.concatenate([np.full(len(f.descriptors if view == 0 else f.mirror_descriptors), k) for k, f in enumerate(features)]),
+            np.concatenate([f.descriptors if view == 0 else f.mirror_descriptors for f in features]),
+            np.concatenate([f.angles if view == 0 else f.mirror_angles for f in features]),
+            np.concatenate([f.levels if view == 0 else f.mirror_levels for f in features]).astype(np.int64),
+        )
+        for view in (0, 1)
+    ]
+    owners, descriptors, angles, levels = views[0]
+    n, rng, codes = len(features), np.random.default_rng(seed), []
     for _ in range(VOTE_TABLES):
         columns = rng.choice(descriptors.shape[1], VOTE_KEY_BYTES, replace=False)
 
@@ -576,24 +592,33 @@ def descriptor_votes(thumbs: Thumbnails, usable: np.ndarray, seed: int = 0) -> D
             return (x[:, columns].astype(np.int64) << (8 * np.arange(VOTE_KEY_BYTES))).sum(1)
 
         indexed = key(descriptors)
-        indexed_owners = owners[np.argsort(indexed, kind="stable")]
+        order = np.argsort(indexed, kind="stable")
         bucket_sizes = np.bincount(indexed, minlength=1 << (8 * VOTE_KEY_BYTES))  # keys index their buckets directly
         bucket_starts = np.cumsum(bucket_sizes) - bucket_sizes
-        for kind, (query, query_owners) in enumerate(((key(descriptors), owners), (key(mirrored), mirror_owners))):
-            low, size = bucket_starts[query], bucket_sizes[query]
+        for kind, (query_owners, query, query_angles, query_levels) in enumerate(views):
+            hashed = key(query)
+            low, size = bucket_starts[hashed], bucket_sizes[hashed]
             voting = (size > 0) & (size <= VOTE_BUCKET_CAP)
             size = size[voting]
-            voter = np.repeat(query_owners[voting], size)
-            position = np.repeat(low[voting] - np.cumsum(size) + size, size) + np.arange(size.sum())
-            other = indexed_owners[position]
-            keep = voter != other
-            a, b = np.minimum(voter[keep], other[keep]), np.maximum(voter[keep], other[keep])
-            keys[kind].append(a * n + b)
-    direct, mirror = (np.concatenate(k) if k else np.zeros(0, np.int64) for k in keys)
-    pairs, inverse = np.unique(np.concatenate([direct, mirror]), return_inverse=True)
-    counts = np.bincount(inverse, weights=np.repeat([1, 0], [len(direct), len(mirror)]), minlength=len(pairs)).astype(np.int64)
-    total = np.bincount(inverse, minlength=len(pairs))
-    return DescriptorVotes(usable, pairs, counts, total - counts)
+            voter = np.repeat(np.nonzero(voting)[0], size)
+            other = order[np.repeat(low[voting] - np.cumsum(size) + size, size) + np.arange(size.sum())]
+            a, b = query_owners[voter], owners[other]
+            keep = a != b
+            voter, other, a, b = voter[keep], other[keep], a[keep], b[keep]
+            # the turn and level change from the lower-numbered image to the other (a mirror vote
+            # from either side sees the same turn: from the voter's mirror image to the other)
+            sign = 1 if kind else np.where(a < b, 1, -1)
+            turn = np.floor((sign * (angles[other] - query_angles[voter]) % 360 + VOTE_ANGLE_BIN / 2) / VOTE_ANGLE_BIN) % (360 // VOTE_ANGLE_BIN)
+            level = sign * (levels[other] - query_levels[voter]) + 8
+            pair = np.minimum(a, b) * n + np.maximum(a, b)
+            codes.append(((pair * 2 + kind) * (360 // VOTE_ANGLE_BIN) + turn.astype(np.int64)) * 16 + level)
+    code, count = np.unique(np.concatenate(codes), return_counts=True)
+    pair_kind = code // (16 * (360 // VOTE_ANGLE_BIN))
+    starts = np.flatnonzero(np.r_[True, pair_kind[1:] != pair_kind[:-1]])
+    pair_kind, votes, agreeing = pair_kind[starts], np.add.reduceat(count, starts), np.maximum.reduceat(count, starts)
+    pairs, inverse = np.unique(pair_kind // 2, return_inverse=True)
+    by_kind = [np.bincount(inverse, weights=np.where(pair_kind % 2 == kind, w, 0), minlength=len(pairs)).astype(np.int64) for kind in (0, 1) for w in (votes, agreeing)]
+    return DescriptorVotes(usable, pairs, by_kind[0], by_kind[2], np.maximum(by_kind[1], by_kind[3]))
 
 
 @dataclass(frozen=True)
