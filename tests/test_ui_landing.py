@@ -240,3 +240,42 @@ def test_the_view_keeps_what_it_holds_and_gains_a_new_selection_metric():
 
     chosen = {EXPERIMENT_KIND_TAG: "genai_development", RUNS_VIEW_TAG: '{"name": "Trials", "state": "H4sIAAAA"}'}
     assert experiment_tags(chosen, "val_loss", now_ms=3000) == {}  # a kind someone chose, a view saved compressed: kept
+
+
+def test_the_page_presets_the_columns_only_of_experiments_the_user_may_read(tmp_path: Path, monkeypatch):
+    import base64
+    import urllib.error
+    import urllib.request
+
+    from mlflow.server.auth.client import AuthServiceClient
+
+    from mlflow_server.app import runs_layout_key
+    from tests.conftest import DIRECT
+
+    password = "admin-secret-for-this-test"
+    server = MlflowServer(
+        tmp_path / "store", "--auth", "--default-permission", "NO_PERMISSIONS", env={"MLFLOW_AUTH_ADMIN_PASSWORD": password}
+    ).start()
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        experiment = MlflowClient(server.url).create_experiment("fracture-cnn", tags=experiment_tags({}, METRIC, now_ms=1))
+        AuthServiceClient(server.url).create_user("newcomer", "newcomer-password-1")  # granted nothing
+
+        def page(user: str, secret: str) -> str:
+            login = base64.b64encode(f"{user}:{secret}".encode()).decode()
+            request = urllib.request.Request(f"{server.url}/", headers={"Authorization": f"Basic {login}"})
+            with DIRECT.open(request, timeout=60) as response:
+                assert response.headers["Cache-Control"] == "no-store"
+                return response.read().decode()
+
+        layout = json.dumps(runs_layout_key(experiment))  # the key of the experiment's columns, as the page has it
+        admin, newcomer = page("admin", password), page("newcomer", "newcomer-password-1")
+        assert layout in admin and "best_val_fracture_sensitivity" in admin
+        assert layout not in newcomer and "best_val_fracture_sensitivity" not in newcomer
+        assert '"mlflow.workflowType_v1"' in newcomer  # the model-training view is for everyone
+        with pytest.raises(urllib.error.HTTPError) as anonymous:
+            DIRECT.open(f"{server.url}/", timeout=60)
+        assert anonymous.value.code == 401
+    finally:
+        server.stop()
