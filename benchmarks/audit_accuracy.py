@@ -249,17 +249,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import shutil
 
-    for name in ("lookalike", "project", "quickstart"):
+    for name in ("lookalike", "project", "224/project", "quickstart"):
         shutil.rmtree(args.work / name, ignore_errors=True)
     results = {
         "machine": f"{os.cpu_count()} CPUs, no GPU",
         "lookalike": lookalike_benchmark(args.work, args.images, args.poses, args.copies, 224, args.seed),
         "project": project_benchmark(args.work, args.images, args.copies, 128, args.seed + 1),
+        "project_224": project_benchmark(args.work / "224", args.images, args.copies, 224, args.seed + 1),
         "quickstart": quickstart_check(args.work),
     }
     if not args.skip_real_size:
         results["real_size"] = real_size_timing(args.work)
-    for name in ("lookalike", "project"):
+    for name in ("lookalike", "project", "project_224"):
         r = results[name]
         print(
             f"{name}: {r['images']} images, recall {r['recall']:.3f}, false groups {r['false_groups']} ({r['false_groups_per_1000']:.2f}/1000, "

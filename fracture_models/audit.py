@@ -73,7 +73,6 @@ from fracture_models.data import (
     resolve_dataset_root,
     stat_fingerprint,
 )
-from fracture_models.errors import UserError
 from fracture_models.labels import CLASS_NAMES, SPLITS
 from fracture_models.records import write_json
 
@@ -996,6 +995,10 @@ def format_audit(report: dict, max_groups: int = 10) -> str:
         )
         if s["flagged"]:
             lines.append("           " + ", ".join(f"{v} -> {c}" for v, c in s["rule"].items()))
+    if not report["flagged_shortcuts"]:
+        lines.append(
+            f"  None flagged: no attribute reaches balanced accuracy {SHORTCUT_BALANCED_ACCURACY} with p < {SHORTCUT_P_VALUE:g}."
+        )
     bad = report["bad_files"]
     lines += ["", f"Files that do not decode: {len(bad)}"]
     lines += [f"  {b['split']}/{b['class']}: {b['path']} ({b['reason']})" for b in bad[:max_groups]]
@@ -1007,8 +1010,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         description="Audit a fracture dataset: duplicates across splits, shortcuts, bad files.", add_help=add_help
     )
     parser.add_argument(
-        "--data-dir", type=Path, required=True, help="dataset folder (the Kaggle download or any folder with train/ val/ test/)"
+        "--data-dir", type=Path, default=None, help="dataset folder (the Kaggle download or any folder with train/ val/ test/)"
     )
+    parser.add_argument(
+        "--synthetic", action="store_true", help="audit the generated X-ray-like images the other commands' --synthetic uses"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="with --synthetic: the generated set's seed (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=None, help="write audit.json, duplicates.csv and attributes.csv here")
     parser.add_argument(
         "--min-detail-correlation",
@@ -1025,13 +1032,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    from fracture_models.cli import resolve_data_dir
+
+    parser = get_args_parser()
+    parser.prog = "python -m fracture_models.audit"
+    args = parser.parse_args(argv)
+    if (args.data_dir is None) == (not args.synthetic):
+        parser.error("give one of --data-dir DIR and --synthetic")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    try:
-        report = audit_dataset(args.data_dir, min_detail=args.min_detail_correlation, cache_dir=args.cache_dir, progress=True)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    report = audit_dataset(resolve_data_dir(args), min_detail=args.min_detail_correlation, cache_dir=args.cache_dir, progress=True)
     print(format_audit(report))
     if args.out:
         files = write_audit(report, args.out)
@@ -1040,4 +1049,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fracture_models.cli import run_main
+
+    sys.exit(run_main(main))

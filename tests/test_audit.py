@@ -210,3 +210,16 @@ def test_a_first_job_decodes_each_file_once_for_the_audit_and_the_loader(planted
     decodes.clear()
     assert len(load_dataset(planted["download"], 64, splits=("test",), cache_dir=tmp_path / "once").test) > 0
     assert not decodes  # from the cache
+
+
+def test_audit_cli_says_when_nothing_is_flagged_and_its_hint_is_a_flag_it_has(small_download: Path, tmp_path: Path, capsys):
+    from fracture_models.audit import get_args_parser, main
+    from fracture_models.cli import run_main
+
+    assert main(["--data-dir", str(small_download), "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "None flagged: no attribute reaches balanced accuracy" in out
+
+    assert run_main(main, ["--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert "--synthetic" in capsys.readouterr().err  # the hint names a flag the audit has
+    assert get_args_parser().parse_args(["--synthetic"]).synthetic
