@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import numpy as np
 import pandas as pd
 
 from fracture_models.evaluate import format_clinical
@@ -230,6 +231,21 @@ def write_confirmation_table(confirmation: Mapping, path: Path) -> Path:
     return path
 
 
+def _readable_lines(axes) -> None:
+    """Optuna colours parallel-coordinate lines with "Blues", whose light end is nearly white on
+    its grey background: keep the darker part, so the worst trial's line stays visible."""
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import ListedColormap
+
+    for lines in axes.collections:
+        if isinstance(lines, LineCollection) and lines.get_array() is not None:
+            cmap = lines.get_cmap()
+            span = (0.0, 0.55) if cmap.name.endswith("_r") else (0.45, 1.0)
+            lines.set_cmap(ListedColormap(cmap(np.linspace(*span, cmap.N)), name=f"{cmap.name}_readable"))
+            if lines.colorbar is not None:
+                lines.colorbar.update_normal(lines)
+
+
 def optuna_plots(study, folder: Path) -> list[Path]:
     """Optimisation history, parameter importances and parallel coordinates, as PNGs."""
     import warnings
@@ -253,6 +269,8 @@ def optuna_plots(study, folder: Path) -> list[Path]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # optuna's matplotlib backend is marked experimental
                 axes = draw(study)
+            if name == "optuna_parallel_coordinates.png":
+                _readable_lines(axes)
             figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
             figure.set_size_inches(8, 5)
             figure.tight_layout()
