@@ -35,6 +35,7 @@ from fracture_models.synthetic import is_generated
 from tuning.claim import Claim
 from tuning.confirmation import CONFIRMATION_DIR, CONFIRMS, DEFAULT_BUDGET, DEFAULT_EXTRA_SEEDS, DEFAULT_TOP, run_confirmation
 from tuning.job import JobSpec, apply_record, from_args, read_record, resume_command, write_record
+from tuning.ray_cluster import init_ray
 from tuning.tracking.connect import check_reachable, resolve_tracking_uri
 from tuning.tracking.models import checkpoint_policy_flag
 
@@ -184,41 +185,6 @@ def _experiment_path(storage_path: str, name: str) -> str:
     return f"{root.rstrip('/')}/{name}"
 
 
-CONNECT_TIMEOUT_S = 15.0
-
-
-def _init_ray(address: str | None) -> None:
-    """--address, else $RAY_ADDRESS, else a new local Ray: never the cluster this machine last
-    started (Ray's own default reads /tmp/ray/ray_current_cluster, and hangs when it is gone)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    if address not in ("local", "auto") and "://" not in address:
-        _check_listening(address)  # ray.init retries a dead address for minutes, ignoring Ctrl-C
-    try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    except ConnectionError as exc:
-        raise UserError(
-            f"Could not connect to the Ray cluster at {address}: {exc}. Start it with `ray start --head` or drop --address."
-        ) from exc
-
-
-def _check_listening(address: str) -> None:
-    import socket
-
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S):
-            return
-    except (OSError, ValueError) as exc:
-        raise UserError(
-            f"Could not connect to the Ray cluster at {address} ({exc}). Start it with `ray start --head`, fix --address "
-            "(or $RAY_ADDRESS), or drop it to run on a new local Ray."
-        ) from exc
-
-
 def given_flags(argv: list[str] | None) -> set[str]:
     """The destinations of the flags the user typed (defaults left out): what --resume may not override."""
     parser = get_args_parser(add_help=False)
@@ -348,7 +314,7 @@ def prepare(args: argparse.Namespace, given: set[str] | None) -> tuple[argparse.
     args.data_root = resolve_dataset_root(resolve_data_dir(args))
     # Resources are checked before minutes of decoding, so an impossible request fails at once.
     quiet_libraries()
-    _init_ray(args.address)
+    init_ray(args.address)
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else default_gpus_per_trial()
     check_trial_resources(args.cpus_per_trial, gpus)
     args.tracking_uri = resolve_tracking_uri(args.tracking_uri)
