@@ -70,3 +70,13 @@ def test_the_empty_board_suggests_a_search_of_the_architecture_asked_for(tmp_pat
     board = build(f"sqlite:///{tmp_path / 'mlflow.db'}", "val_fracture_f1", arch="vgg16")
     assert "No finished searches yet for arch vgg16" in board
     assert "python -m tuning.run --synthetic --arch vgg16 --num-samples 8 --weights none" in board
+
+
+def test_a_data_group_is_named_by_what_a_reader_recognises():
+    group = _groups()[0]
+    job = group.jobs[0]
+    job.files, job.generated_data = 10_581, True
+    text = render([group], [], "val_fracture_f1", "text", "")
+    assert "Generated data, 32 px, 10,581 images (ffffffffffff): ranked by val_fracture_f1" in text
+    job.files, job.generated_data = None, False  # a job recorded before the count was
+    assert group.name() == "Real data, 32 px (ffffffffffff)"

@@ -64,6 +64,7 @@ class Job:
     image_size: str
     confirmed: str = "-"  # the winner's mean +- sd over training seeds (its confirmation), where it has one
     generated_data: bool = False
+    files: int | None = None  # image files in the data's three splits (jobs before 2026-11-28 did not record it)
     rank: int | None = None
 
 
@@ -78,6 +79,16 @@ class Group:
     @property
     def generated_data(self) -> bool:
         return any(job.generated_data for job in self.jobs)
+
+    @property
+    def files(self) -> int | None:
+        return next((job.files for job in self.jobs if job.files is not None), None)
+
+    def name(self) -> str:
+        """A name a reader recognises: generated or real, image size, number of images, and the
+        data fingerprint that tells two sets of the same size apart."""
+        size = f", {self.files:,} images" if self.files is not None else ""
+        return f"{'Generated' if self.generated_data else 'Real'} data, {self.image_size} px{size} ({self.data_fingerprint[:12]})"
 
 
 def ui_base(tracking_uri: str) -> str | None:
@@ -129,6 +140,7 @@ def collect_jobs(
                 image_size=tags.get("image_size", "?"),
                 confirmed=_confirmed(metrics) if not metric.startswith("test_") else "-",
                 generated_data=tags.get(GENERATED_DATA_TAG) == "true",
+                files=int(tags["audit_files"]) if tags.get("audit_files", "").isdigit() else None,
             )
         )
     return jobs
@@ -258,8 +270,7 @@ def _table(rows: list[dict[str, str]]) -> pd.DataFrame:
 
 
 def _caption(group: Group, metric: str) -> str:
-    data = "Generated data" if group.generated_data else "Data"
-    return f"{data} {group.data_fingerprint[:12]}, {group.image_size} px: ranked by {metric}"
+    return f"{group.name()}: ranked by {metric}"
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

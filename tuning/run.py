@@ -359,6 +359,7 @@ def claim_name(args: argparse.Namespace, experiment: str) -> Claim:
     made_folder = False if args.resume else claim_folder(experiment)
     claim = Claim(experiment, args.name, None, optuna_url, made_folder=made_folder)
     try:
+        "files": audit["num_files"],  # the data's size, for a readable name of its leaderboard group
         claim.lock = hold_lock(experiment, args.name)
         try:
             claim.storage = open_storage(optuna_url)
