@@ -336,6 +336,7 @@ def load(args: argparse.Namespace, record: dict | None) -> tuple[FractureDataset
     )
     dropped = _apply_audit(audit, dataset, dedupe)
     summary = {
+        "files": audit["num_files"],  # the data's size, for a readable name of its leaderboard group
         "cross_split_groups": audit["cross_split_groups"],
         "flagged_shortcuts": audit["flagged_shortcuts"],
         "bad_files": len(audit["bad_files"]),
@@ -359,7 +360,6 @@ def claim_name(args: argparse.Namespace, experiment: str) -> Claim:
     made_folder = False if args.resume else claim_folder(experiment)
     claim = Claim(experiment, args.name, None, optuna_url, made_folder=made_folder)
     try:
-        "files": audit["num_files"],  # the data's size, for a readable name of its leaderboard group
         claim.lock = hold_lock(experiment, args.name)
         try:
             claim.storage = open_storage(optuna_url)
