@@ -9,6 +9,7 @@ optional torch.compile) are `TrainConfig` settings and leave the recipe as it is
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import time
@@ -22,6 +23,7 @@ from torch import nn
 
 from fracture_models import fast
 from fracture_models.config import TrainConfig
+from fracture_models.errors import TrainingDiverged
 from fracture_models.labels import POSITIVE_LABEL
 from fracture_models.loader import BatchLoader
 from fracture_models.metrics import classification_metrics, scalar_metrics
@@ -191,6 +193,10 @@ def predict(state: TrainingState, loader: BatchLoader) -> tuple[np.ndarray, np.n
 def evaluate(state: TrainingState, loader: BatchLoader) -> dict:
     """Metrics over a split (no augmentation): see `fracture_models.metrics`."""
     labels, probability, loss = predict(state, loader)
+    if not np.isfinite(probability).all():
+        raise TrainingDiverged(
+            f"Training diverged: the model's outputs are not finite (learning rate {state.config.lr:g}); lower it, or check the data."
+        )
     return classification_metrics(labels, probability, loss=loss)
 
 
@@ -214,6 +220,11 @@ def fit(
     for epoch in range(state.epoch + 1, state.config.epochs + 1):
         train_loader.set_epoch(epoch)
         train = train_one_epoch(state, train_loader, progress=progress, desc=f"epoch {epoch}/{state.config.epochs}")
+        if not math.isfinite(train["train_loss"]):
+            raise TrainingDiverged(
+                f"Training diverged in epoch {epoch}: the training loss is {train['train_loss']} "
+                f"(learning rate {state.config.lr:g}); lower it, or check the data."
+            )
         val = evaluate(state, val_loader)
         state.scheduler.step()
         state.epoch = epoch

@@ -11,3 +11,8 @@ class DatasetError(UserError):
 
 class WeightsUnavailableError(UserError):
     """Pretrained weights were asked for but cannot be loaded (typically: offline, no cache)."""
+
+
+class TrainingDiverged(UserError):
+    """The loss or the model's outputs stopped being finite: the run has no score. A search
+    records the trial as failed and goes on."""

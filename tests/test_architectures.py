@@ -164,3 +164,62 @@ def test_an_architecture_from_another_package_is_found_through_its_entry_point(t
     summary = json.loads((tmp_path / "runs" / "plugin" / "summary.json").read_text())
     assert summary["arch"] == "tiny-plugin" and summary["num_trials"] == 2
     assert all(row["status"] == "completed" for row in summary["trials"])
+
+
+UNSTABLE_SOURCE = (
+    TINY_SOURCE
+    + '''
+import torch
+
+
+class Unstable(Tiny):
+    """Tiny with a gain that sends every output to NaN once large steps move it: a model that
+    diverges at a high learning rate and trains at the baseline's."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__(num_classes)
+        self.gain = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        logits = super().forward(x) * self.gain
+        return logits if (self.gain - 1).abs() < 0.5 else logits * float("nan")
+
+
+def build_unstable(*, num_classes: int, weights: str, image_size: int) -> nn.Module:
+    return Unstable(num_classes)
+'''
+)
+
+
+def test_a_diverged_trial_fails_with_its_reason_and_the_search_goes_on(private_registry, ray_session, tiny_download: Path, tmp_path: Path):
+    import optuna
+
+    from fracture_models.train import main as train_main
+    from tuning.run import main as search_main
+
+    namespace: dict = {}
+    exec(compile(UNSTABLE_SOURCE, "unstable_in_test", "exec"), namespace)
+    register_model("unstable", namespace["build_unstable"], search_space={"lr": {"low": 1e-3, "high": 1e3, "log": True}})
+    common = ["--arch", "unstable", "--data-dir", str(tiny_download), "--image-size", "32", "--batch-size", "16", "--epochs", "2"]
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert (
+        search_main(
+            [*common, "--num-samples", "2", "--sampler", "random", "--sampler-seed", "1", "--scheduler", "none", "--confirm-top", "0"]
+            + ["--storage-path", str(tmp_path), "--name", "diverges", "--cpus-per-trial", "1", "--max-failures", "0"]
+            + ["--optuna-storage", storage]
+        )
+        == 0
+    )
+    summary = json.loads((tmp_path / "diverges" / "summary.json").read_text())
+    assert summary["trials_failed"] == 1 and summary["best_trial"]["lr"] == 1e-3  # the baseline, the only score
+    study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "FAIL"]
+    failed = next(t for t in study.trials if t.state.name == "FAIL")
+    assert failed.params["lr"] > 0.05
+    errors = list((tmp_path / "diverges").rglob("error.txt"))
+    assert errors and "Training diverged" in errors[0].read_text()
+
+    # A single run says so in one line and exits 2, no traceback.
+    from fracture_models.cli import run_main
+
+    assert run_main(train_main, [*common, "--lr", "10", "--out", str(tmp_path / "single"), "--quiet"]) == 2
