@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
+import threading
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -110,3 +112,69 @@ class DropOptimizerState(tune.Callback):
                     storage.storage_filesystem.delete_file(entry.path)
         except OSError as exc:  # space not reclaimed is no reason to stop a search
             logger.warning("Could not delete the optimiser state of finished trial %s: %s", trial.trial_id, exc)
+
+
+MIN_ROOM_BYTES = 16 << 20
+
+
+def storage_full(path: str) -> bool:
+    """True when a local folder of the search (an experiment's or a trial's) has no room for
+    another checkpoint like the largest under it (twice its size, at least 16 MiB): the next
+    write fails wherever Tune retries the trial. Object storage (s3://) is never full."""
+    import shutil
+
+    folder = Path(path)
+    if "://" in path or not folder.is_dir():
+        return False
+    largest = max((sum(f.stat().st_size for f in c.rglob("*") if f.is_file()) for c in folder.rglob("checkpoint_*") if c.is_dir()), default=0)
+    return shutil.disk_usage(folder).free < max(MIN_ROOM_BYTES, 2 * largest)
+
+
+class GracefulStop(tune.Callback):
+    """Stops the search between Tune's steps, as Ctrl-C does, once no checkpoint is in flight:
+    on Ctrl-C, and when a trial fails for want of room on the storage path. --resume continues.
+
+    Tune takes in a report in two steps: the metrics (logged at once to progress.csv and MLflow),
+    then, a step later, the checkpoint that came with them. Its own Ctrl-C handler stops the loop
+    between the two, and the experiment is saved with the trial one checkpoint behind its logs: on
+    --resume the trial trains that epoch again and every log gets it twice. This callback holds
+    Ctrl-C back until the checkpoints in flight are taken in (a step or two), then hands it to
+    Tune's handler; a second Ctrl-C goes through at once.
+
+    A trial that failed because the storage is full would fail again at each of Tune's retries and
+    end as a failed trial (in Optuna too); the search stops instead, the trial left to resume.
+    """
+
+    def setup(self, **info) -> None:
+        self._tune_handler = signal.getsignal(signal.SIGINT)  # Tune installs its handler before setting callbacks up
+        self._pending = False
+        if callable(self._tune_handler) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._hold)
+
+    def _hold(self, sig, frame) -> None:
+        if self._pending:  # pressed again: stop now
+            self._tune_handler(sig, frame)
+        self._pending = True
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self._stop_if_full(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._stop_if_full(trial)
+
+    def _stop_if_full(self, trial) -> None:
+        if callable(getattr(self, "_tune_handler", None)) and storage_full(trial.path):
+            logger.error("Trial %s failed and its storage path %s is full: stopping the search.", trial.trial_id, trial.path)
+            self._pending = True
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        if getattr(self, "_pending", False) and not any(trial.is_saving for trial in trials):
+            self._pending = False
+            self._tune_handler(signal.SIGINT, None)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        if signal.getsignal(signal.SIGINT) == self._hold:  # the search ended by itself: Tune's handler, as Tune left it
+            signal.signal(signal.SIGINT, self._tune_handler)
+
+    def __getstate__(self) -> dict:
+        return {}  # pickled with the experiment before setup; a handler is no state

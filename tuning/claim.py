@@ -53,7 +53,20 @@ class Claim:
     made_study: bool = False
     lock: IO | None = None
 
+    def __enter__(self) -> "Claim":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.unlock()
+
+    def unlock(self) -> None:
+        """Let another process run the job (the process's end does the same)."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
     def release(self) -> None:
+        """Give back the folder and study of a new job that trained nothing, and the lock."""
         import optuna
 
         if self.made_study:
@@ -66,9 +79,7 @@ class Claim:
                 shutil.rmtree(self.experiment, ignore_errors=True)
             else:
                 _delete_remote(f"{self.experiment}/{CLAIM_FILE}")
-        if self.lock is not None:
-            self.lock.close()
-            self.lock = None
+        self.unlock()
 
 
 def claim_folder(experiment: str) -> bool:
@@ -92,18 +103,20 @@ def hold_lock(experiment: str, name: str) -> IO | None:
         return None
     import fcntl
 
-    handle = open(Path(experiment) / LOCK_FILE, "a+")
+    handle = open(Path(experiment) / LOCK_FILE, "a+b", buffering=0)  # unbuffered: nothing left to write at close
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
-        holder = handle.read().strip() or "another process"
+        holder = handle.read().decode(errors="replace").strip() or "another process"
         handle.close()
         raise UserError(f"{name} is running already ({holder}): wait for it to end, or stop it before --resume.") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(_claimant())
-    handle.flush()
+    try:  # who holds it, for the message above; the lock holds without it (a full disk)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(_claimant().encode())
+    except OSError:
+        pass
     return handle
 
 

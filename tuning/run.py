@@ -264,6 +264,13 @@ class Interrupted(Exception):
     """A stage stopped before its trials or runs all ended (Ctrl-C); `--resume` continues it."""
 
 
+class StorageFull(Exception):
+    """The storage path has no room for the search's next checkpoints; `--resume` continues once it has."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"the storage is full (no room for another checkpoint in {path})")
+
+
 class AlreadyFinished(Exception):
     """`--resume` of a job whose summary is written: there is nothing left to do."""
 
@@ -277,6 +284,20 @@ def _finished(experiment: str) -> bool:
 
     filesystem, root = pyarrow.fs.FileSystem.from_uri(experiment)
     return filesystem.get_file_info(f"{root}/{SUMMARY_FILE}").type == pyarrow.fs.FileType.File
+
+
+def _parent_finished(tracking_uri: str, run_id: str | None) -> bool:
+    """MLflow's word on a job: a FINISHED parent run is on the leaderboard, and no resume reopens
+    it, even where the job's files look unfinished (a summary.json lost, a folder restored from a copy)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return False
+    try:
+        return MlflowClient(tracking_uri).get_run(run_id).info.status == "FINISHED"
+    except MlflowException:  # deleted, or the job logged to another store
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,6 +340,8 @@ def prepare(args: argparse.Namespace, given: set[str] | None) -> tuple[argparse.
     check_trial_resources(args.cpus_per_trial, gpus)
     args.tracking_uri = resolve_tracking_uri(args.tracking_uri)
     check_reachable(args.tracking_uri)
+    if record is not None and _parent_finished(args.tracking_uri, record.get("mlflow_parent_run_id")):
+        raise AlreadyFinished(f"{name} finished already (its MLflow parent run is FINISHED); nothing to resume.")
     return args, experiment, record, Resources(args.cpus_per_trial, gpus, args.max_concurrent, args.max_failures)
 
 
@@ -412,12 +435,16 @@ def open_job(
     except Exception as exc:  # noqa: BLE001 - the store went away since the check
         raise UserError(f"MLflow at {redact_url(args.tracking_uri)} failed as the job started: {exc}. Nothing was trained.") from exc
     tracker.job = spec
-    write_record(experiment, spec)
-    audit_dir = Path(experiment) / AUDIT_DIR if local else tracker.files_dir(AUDIT_DIR)
-    write_audit(audit, audit_dir)
-    if dropped:
-        write_dropped(dropped, audit_dir)
-    tracker.submit("artifact", trial_id=None, path=str(audit_dir), artifact_path=AUDIT_DIR)
+    try:
+        write_record(experiment, spec)
+        audit_dir = Path(experiment) / AUDIT_DIR if local else tracker.files_dir(AUDIT_DIR)
+        write_audit(audit, audit_dir)
+        if dropped:
+            write_dropped(dropped, audit_dir)
+        tracker.submit("artifact", trial_id=None, path=str(audit_dir), artifact_path=AUDIT_DIR)
+    except BaseException:
+        tracker.job_failed()  # a parent run is RUNNING only while its job runs (a resume reopened it above)
+        raise
     return Job(
         spec,
         experiment,
@@ -478,6 +505,7 @@ def _tune_config(job: Job, search_alg, num_samples: int, scheduler=None):
 def _run_config(job: Job, name: str, storage_path: str, callbacks: list):
     from ray import tune
 
+    from tuning.callbacks import GracefulStop
     from tuning.progress import search_progress
     from tuning.trainable import CHECKPOINT_SCORE
 
@@ -489,7 +517,7 @@ def _run_config(job: Job, name: str, storage_path: str, callbacks: list):
         ),
         failure_config=tune.FailureConfig(max_failures=job.resources.max_failures),
         progress_reporter=search_progress(job.spec.metric),
-        callbacks=callbacks,
+        callbacks=[*callbacks, GracefulStop()],
         verbose=1,
     )
 
@@ -500,7 +528,7 @@ def search(job: Job, trainable, *, resume: bool, callbacks: list | None = None):
     import optuna
     from ray import tune
 
-    from tuning.callbacks import DropOptimizerState, MlflowLoggingCallback
+    from tuning.callbacks import DropOptimizerState, MlflowLoggingCallback, storage_full
     from tuning.schedulers import make_scheduler
     from tuning.search_space import baseline_point, search_space
     from tuning.searcher import LOST_WITH_DRIVER, RAY_TRIAL_ID, make_searcher
@@ -544,7 +572,12 @@ def search(job: Job, trainable, *, resume: bool, callbacks: list | None = None):
                 [MlflowLoggingCallback(job.tracker, baseline_point().keys()), DropOptimizerState(), *(callbacks or [])],
             ),
         )
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    except Exception as exc:
+        if storage_full(job.experiment):  # e.g. Tune reading back the error files it could not write
+            raise StorageFull(job.experiment) from exc
+        raise
     job.tracker.reload_outbox()  # a restored experiment logged through its own (unpickled) tracker
 
     study = optuna.load_study(study_name=spec.name, storage=job.storage)
@@ -556,6 +589,8 @@ def search(job: Job, trainable, *, resume: bool, callbacks: list | None = None):
     own = {trial_id_of(r).removeprefix("trial_") for r in results}
     finished = [t for t in study.trials if t.state.is_finished() and t.user_attrs.get(RAY_TRIAL_ID) in own]
     if len(finished) < spec.num_samples:
+        if storage_full(job.experiment):  # GracefulStop stopped the search
+            raise StorageFull(job.experiment)
         raise Interrupted(f"{len(finished)} of {spec.num_samples} trials finished")
     return results, study, lost
 
@@ -713,38 +748,80 @@ def finish(
 def run_search(args: argparse.Namespace, *, callbacks: list | None = None, given: set[str] | None = None) -> int:
     """The whole job; returns the exit code. `callbacks` are extra Ray Tune callbacks of the search;
     `given` the flags typed on the command line (default: every flag counts as given)."""
-    from tuning.search_space import baseline_point
-    from tuning.searcher import RAY_TRIAL_ID
-    from tuning.summary import best_single_run, trial_rows
-    from tuning.trainable import CHECKPOINT_SCORE
-
     try:
         args, experiment, record, resources = prepare(args, given)
     except AlreadyFinished as done:
         print(done)
         return 0
-    claim = claim_name(args, experiment)
-    try:
-        dataset, audit, audit_summary, dropped = load(args, record)
-        job = open_job(args, experiment, record, resources, claim, dataset, audit, audit_summary, dropped)
-    except BaseException:
-        claim.release()  # a new job that trained nothing leaves nothing behind: the same command runs again
-        raise
+    with claim_name(args, experiment) as claim:
+        try:
+            dataset, audit, audit_summary, dropped = load(args, record)
+            job = open_job(args, experiment, record, resources, claim, dataset, audit, audit_summary, dropped)
+        except BaseException as exc:
+            claim.release()  # a new job that trained nothing leaves nothing behind: the same command runs again
+            reason = storage_fault(exc) if isinstance(exc, Exception) else None
+            if reason is not None:
+                raise UserError(f"{args.name} did not start: {reason}. Nothing was trained.") from exc
+            raise
+        return run_job(job, resume=args.resume, callbacks=callbacks, target_sensitivity=args.target_sensitivity)
+
+
+def run_job(job: Job, *, resume: bool, callbacks: list | None, target_sensitivity: float) -> int:
+    """Search, confirm, finish; returns the exit code. However it stops, the parent run is RUNNING
+    only while this driver runs: Ctrl-C ends it KILLED (130), a storage fault FAILED with one line
+    and the resume command (1), a bug FAILED with its traceback."""
+    from tuning.search_space import baseline_point
+    from tuning.searcher import RAY_TRIAL_ID
+    from tuning.summary import best_single_run, trial_rows
+    from tuning.trainable import CHECKPOINT_SCORE
+
     trainable = make_trainable(job)
     try:
-        results, study, lost = search(job, trainable, resume=args.resume, callbacks=callbacks)
+        results, study, lost = search(job, trainable, resume=resume, callbacks=callbacks)
         tie_order = {t.user_attrs.get(RAY_TRIAL_ID): t.number for t in study.trials}
         rows = trial_rows(results, list(baseline_point()), job.spec.metric, job.spec.mode, job.spec.epochs, tie_order=tie_order)
         best = best_single_run(rows)
         if math.isnan(best[CHECKPOINT_SCORE]):
-            raise UserError(f"No trial of {job.spec.name} finished an epoch; see the trial errors under {experiment}.")
+            raise UserError(f"No trial of {job.spec.name} finished an epoch; see the trial errors under {job.experiment}.")
         confirmation, confirmed = confirm(job, trainable, rows)
+        finish(job, results, study, lost, rows, best, confirmation, confirmed, target_sensitivity)
     except Interrupted as stopped:
         print(f"\nStopped with {stopped}; nothing is lost.\n{job.resume_hint()}", file=sys.stderr)
         job.tracker.job_interrupted()
         return 130
-    finish(job, results, study, lost, rows, best, confirmation, confirmed, args.target_sensitivity)
+    except Exception as exc:
+        job.tracker.job_failed()
+        reason = storage_fault(exc)
+        if reason is None:
+            raise  # a bug (or a UserError, said in one line by run_main) keeps its own report
+        print(f"\nStopped: {reason}. Finished trials and checkpoints are kept.\n{job.resume_hint()}", file=sys.stderr)
+        return 1
+    except BaseException:  # a second Ctrl-C
+        job.tracker.job_interrupted()
+        raise
     return 0
+
+
+def storage_fault(exc: BaseException) -> str | None:
+    """The one-line reason when `exc`, or an error behind it, is a fault of the job's storage that
+    retrying did not mend (a full disk, a database that stayed away); None for anything else."""
+    import errno
+
+    import sqlalchemy.exc
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, StorageFull):
+            return str(exc)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"the storage is full ({exc.strerror}{': ' + str(exc.filename) if exc.filename else ''})"
+        if isinstance(exc, sqlalchemy.exc.DBAPIError) and not isinstance(exc, sqlalchemy.exc.IntegrityError):
+            detail = " ".join(str(exc.orig).split())[:200]
+            full = any(sign in detail for sign in ("disk is full", "No space left", "could not extend file"))
+            return f"the storage is full ({detail})" if full else f"the Optuna storage failed ({detail})"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

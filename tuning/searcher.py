@@ -10,6 +10,8 @@ objective carries the metric's name.
 
 from __future__ import annotations
 
+import abc
+import logging
 import time
 import warnings
 from typing import Mapping
@@ -26,6 +28,8 @@ from tuning.trainable import CHECKPOINT_SCORE
 RAY_TRIAL_ID = "ray_trial_id"
 LOST_WITH_DRIVER = "lost_with_driver"  # user attr of an Optuna trial whose driver died before Tune saved it
 REQUEUED_FROM = "requeued_from"  # user attr of the trial that runs a lost trial's configuration again
+
+logger = logging.getLogger(__name__)
 
 
 class StudyAwareOptunaSearch(OptunaSearch):
@@ -96,7 +100,8 @@ class StudyAwareOptunaSearch(OptunaSearch):
 
 
 def open_storage(url: str, attempts: int = 5) -> optuna.storages.BaseStorage:
-    """An RDB storage object (OptunaSearch wants an object, not a URL).
+    """An RDB storage object (OptunaSearch wants an object, not a URL) that retries a database
+    that went away for a moment (`RetryingStorage`).
 
     Processes that open a fresh storage at once (the search and optuna-dashboard, two drivers on
     the team database) race to create its tables; one that loses tries again and finds them.
@@ -104,12 +109,72 @@ def open_storage(url: str, attempts: int = 5) -> optuna.storages.BaseStorage:
     engine_kwargs = {"pool_pre_ping": True} if not url.startswith("sqlite") else {}
     for attempt in range(1, attempts):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            return RetryingStorage(optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs))
         except sqlalchemy.exc.DatabaseError as exc:
             if not _lost_schema_race(exc):
                 raise
             time.sleep(0.1 * attempt)
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    return RetryingStorage(optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs))
+
+
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)  # 30 s in all, then the error stops the job (tuning.run says how to resume)
+
+
+def _connection_error(exc: BaseException) -> sqlalchemy.exc.DBAPIError | None:
+    """The database error behind `exc` (Optuna wraps it in StorageInternalError) when it is a
+    connection lost or refused (a restart, a failover, a dropped network); None for a full disk,
+    a local file's I/O error or a bad statement, which waiting does not mend."""
+    while exc is not None and not isinstance(exc, sqlalchemy.exc.DBAPIError):
+        exc = exc.__cause__
+    if exc is None or any(sign in str(exc.orig) for sign in ("disk is full", "No space left", "could not extend file", "disk I/O error")):
+        return None
+    transient = exc.connection_invalidated or isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
+    return exc if transient else None
+
+
+def _retried(name: str):
+    def call(self, *args, **kwargs):
+        for delay in (*RETRY_DELAYS_S, None):
+            try:
+                return getattr(self.inner, name)(*args, **kwargs)
+            except (sqlalchemy.exc.DBAPIError, optuna.exceptions.StorageInternalError) as exc:
+                lost = _connection_error(exc)
+                if delay is None or lost is None:
+                    raise
+                logger.warning("Optuna storage unreachable (%s); %s again in %.1f s", " ".join(str(lost.orig).split())[:160], name, delay)
+                time.sleep(delay)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+def _retrying_methods(cls):
+    for name in _STORAGE_METHODS:
+        setattr(cls, name, _retried(name))
+    abc.update_abstractmethods(cls)
+    return cls
+
+
+_STORAGE_METHODS = [
+    name for name, value in vars(optuna.storages.BaseStorage).items() if callable(value) and not name.startswith("_")
+]
+
+
+@_retrying_methods
+class RetryingStorage(optuna.storages.BaseStorage):
+    """An Optuna storage whose every call is tried again, with a bounded backoff (`RETRY_DELAYS_S`),
+    when the database drops or refuses the connection for a moment; other errors, and a fault that
+    outlasts the backoff, are raised. A write whose commit the server made but whose answer was
+    lost with the connection is sent again: for Optuna's writes (set a value, a state, an
+    attribute) that is harmless; a new trial could be made twice, a window of milliseconds."""
+
+    def __init__(self, inner: optuna.storages.BaseStorage) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str):  # the RDB storage's own attributes (url, engine, ...)
+        if name == "inner":  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
 
 def _lost_schema_race(exc: sqlalchemy.exc.DatabaseError) -> bool:

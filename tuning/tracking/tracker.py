@@ -505,6 +505,10 @@ class SearchTracker:
     def job_interrupted(self) -> None:
         self.submit("end", trial_id=None, status="KILLED")
 
+    def job_failed(self) -> None:
+        """The driver stopped on an error: the parent run is FAILED, never left RUNNING (--resume reopens it)."""
+        self.submit("end", trial_id=None, status="FAILED")
+
     # -- the model registry --------------------------------------------------------------------
     def _register(self, model_dir: str, description: dict) -> None:
         register_winner(self.client, self.job.arch, self.parent_run_id, model_dir, description)
