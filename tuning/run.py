@@ -775,8 +775,8 @@ def run_job(job: Job, *, resume: bool, callbacks: list | None, target_sensitivit
     from tuning.summary import best_single_run, trial_rows
     from tuning.trainable import CHECKPOINT_SCORE
 
-    trainable = make_trainable(job)
     try:
+        trainable = make_trainable(job)  # uploads the data to Ray's object store: can fail, or meet Ctrl-C
         results, study, lost = search(job, trainable, resume=resume, callbacks=callbacks)
         tie_order = {t.user_attrs.get(RAY_TRIAL_ID): t.number for t in study.trials}
         rows = trial_rows(results, list(baseline_point()), job.spec.metric, job.spec.mode, job.spec.epochs, tie_order=tie_order)
@@ -787,19 +787,33 @@ def run_job(job: Job, *, resume: bool, callbacks: list | None, target_sensitivit
         finish(job, results, study, lost, rows, best, confirmation, confirmed, target_sensitivity)
     except Interrupted as stopped:
         print(f"\nStopped with {stopped}; nothing is lost.\n{job.resume_hint()}", file=sys.stderr)
-        job.tracker.job_interrupted()
+        end_parent_run(job.tracker, job.tracker.job_interrupted)
         return 130
     except Exception as exc:
-        job.tracker.job_failed()
+        end_parent_run(job.tracker, job.tracker.job_failed)
         reason = storage_fault(exc)
         if reason is None:
             raise  # a bug (or a UserError, said in one line by run_main) keeps its own report
         print(f"\nStopped: {reason}. Finished trials and checkpoints are kept.\n{job.resume_hint()}", file=sys.stderr)
         return 1
     except BaseException:  # a second Ctrl-C
-        job.tracker.job_interrupted()
+        end_parent_run(job.tracker, job.tracker.job_interrupted)
         raise
     return 0
+
+
+END_WAIT_S = 5.0  # how long a stopping job waits for MLflow to take its parent run's end
+
+
+def end_parent_run(tracker, end) -> None:
+    """End the parent run (`end`: the tracker's job_failed or job_interrupted) and wait briefly for MLflow
+    to take it; if it could not, say where the write is kept, since the run shows RUNNING until it is sent."""
+    from tuning.tracking import tracking_note
+
+    end()
+    note = tracking_note(tracker, wait_s=END_WAIT_S)
+    if tracker.outbox.pending:
+        print(note, file=sys.stderr)
 
 
 def storage_fault(exc: BaseException) -> str | None:
