@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
 import subprocess
 import threading
 import time
@@ -144,3 +145,49 @@ def test_a_full_storage_path_stops_the_job_cleanly_and_resume_recovers_it(
     assert main([*flags, "--resume"]) == 0
     study = optuna.load_study(study_name="full", storage=f"sqlite:///{small_disk / 'full' / 'optuna.db'}")
     _assert_every_trial_and_epoch_once(small_disk, "full", study)
+
+
+def _failed_trial(tmp_path: Path, error: BaseException):
+    """A real Tune trial under tmp_path whose error file holds `error`, as Tune writes it."""
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Trial
+
+    storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="exp", trial_dir_name="trial_1")
+    trial = Trial("__fake", config={}, storage=storage, stub=True)
+    trial.init_local_path()
+    trial.handle_error(error)
+    return trial
+
+
+def _no_room_error() -> OSError:
+    """A real ENOSPC without root: /dev/full refuses every write for want of room."""
+    try:
+        with open("/dev/full", "wb", buffering=0) as full:
+            full.write(b"checkpoint")
+    except OSError as exc:
+        return exc
+    raise AssertionError("/dev/full took a write")
+
+
+def test_only_a_trial_error_for_want_of_room_stops_the_search_on_a_nearly_full_volume(ray_session, tmp_path: Path):
+    from fracture_models.errors import TrainingDiverged
+    from tuning.callbacks import GracefulStop, storage_full
+
+    diverged = _failed_trial(tmp_path / "a", TrainingDiverged("the training loss is nan at epoch 2"))
+    no_room = _failed_trial(tmp_path / "b", _no_room_error())
+    for trial in (diverged, no_room):  # the volume looks full: a (sparse) checkpoint as large as the free space
+        checkpoint = Path(trial.path) / "checkpoint_000000"
+        checkpoint.mkdir(parents=True)
+        with (checkpoint / "model.pt").open("wb") as weights:
+            weights.truncate(shutil.disk_usage(tmp_path).free)
+        assert storage_full(trial.path)
+
+    stop = GracefulStop()
+    stop.setup()
+    try:
+        stop.on_trial_error(0, [diverged], diverged)
+        assert not stop._pending and GracefulStop.stopped_for is None  # a diverged trial fails alone; the search goes on
+        stop.on_trial_recover(0, [no_room], no_room)
+        assert GracefulStop.stopped_for is not None and stop._pending
+    finally:
+        stop.on_experiment_end([])

@@ -130,6 +130,34 @@ def storage_full(path: str) -> bool:
     return shutil.disk_usage(folder).free < max(MIN_ROOM_BYTES, 2 * largest)
 
 
+def storage_error(error: BaseException | str | None) -> bool:
+    """True when `error` (an exception, or a trial's error text as Tune writes it) is a write refused for
+    want of room (ENOSPC, EDQUOT), here or behind it (a Ray task error's cause, a raise ... from)."""
+    import errno
+    import os
+
+    signs = [os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT), f"[Errno {errno.ENOSPC}]", f"[Errno {errno.EDQUOT}]"]
+    seen = set()
+    while isinstance(error, BaseException) and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(sign in str(error) for sign in signs):  # pyarrow's and Ray's wrappers keep the reason as text only
+            return True
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    return isinstance(error, str) and any(sign in error for sign in signs)
+
+
+def trial_error_text(trial) -> str | None:
+    """The latest failure Tune wrote for `trial` (its error file), None when there is none to read."""
+    if not trial.error_file:
+        return None
+    try:
+        return Path(trial.error_file).read_text(errors="replace").rsplit("Failure # ", 1)[-1]
+    except OSError:
+        return None
+
+
 class GracefulStop(tune.Callback):
     """Stops the search between Tune's steps, as Ctrl-C does, once no checkpoint is in flight:
     on Ctrl-C, and when a trial fails for want of room on the storage path. --resume continues.
@@ -142,10 +170,15 @@ class GracefulStop(tune.Callback):
     Tune's handler; a second Ctrl-C goes through at once.
 
     A trial that failed because the storage is full would fail again at each of Tune's retries and
-    end as a failed trial (in Optuna too); the search stops instead, the trial left to resume.
+    end as a failed trial (in Optuna too); the search stops instead, the trial left to resume. The
+    trial's own error decides (ENOSPC, EDQUOT); free space only when Tune could not write the error.
+    `stopped_for` holds the reason (on the class: Tuner.restore runs an unpickled copy of this callback).
     """
 
+    stopped_for: str | None = None
+
     def setup(self, **info) -> None:
+        GracefulStop.stopped_for = None
         self._tune_handler = signal.getsignal(signal.SIGINT)  # Tune installs its handler before setting callbacks up
         self._pending = False
         if callable(self._tune_handler) and threading.current_thread() is threading.main_thread():
@@ -163,8 +196,12 @@ class GracefulStop(tune.Callback):
         self._stop_if_full(trial)
 
     def _stop_if_full(self, trial) -> None:
-        if callable(getattr(self, "_tune_handler", None)) and storage_full(trial.path):
+        if not callable(getattr(self, "_tune_handler", None)):
+            return
+        error = trial_error_text(trial)
+        if storage_error(error) or (error is None and storage_full(trial.path)):
             logger.error("Trial %s failed and its storage path %s is full: stopping the search.", trial.trial_id, trial.path)
+            GracefulStop.stopped_for = f"trial {trial.trial_id} found no room in {trial.path}"
             self._pending = True
 
     def on_step_end(self, iteration, trials, **info) -> None:

@@ -528,7 +528,7 @@ def search(job: Job, trainable, *, resume: bool, callbacks: list | None = None):
     import optuna
     from ray import tune
 
-    from tuning.callbacks import DropOptimizerState, MlflowLoggingCallback, storage_full
+    from tuning.callbacks import DropOptimizerState, GracefulStop, MlflowLoggingCallback, storage_full
     from tuning.schedulers import make_scheduler
     from tuning.search_space import baseline_point, search_space
     from tuning.searcher import LOST_WITH_DRIVER, RAY_TRIAL_ID, make_searcher
@@ -572,10 +572,12 @@ def search(job: Job, trainable, *, resume: bool, callbacks: list | None = None):
                 [MlflowLoggingCallback(job.tracker, baseline_point().keys()), DropOptimizerState(), *(callbacks or [])],
             ),
         )
+    GracefulStop.stopped_for = None  # not an earlier search's reason, should this one fail before setting up
     try:
         results = tuner.fit()
     except Exception as exc:
-        if storage_full(job.experiment):  # e.g. Tune reading back the error files it could not write
+        # e.g. Tune reading back the error files it could not write: a file error on a full volume, never any error
+        if GracefulStop.stopped_for is not None or (_file_error(exc) and storage_full(job.experiment)):
             raise StorageFull(job.experiment) from exc
         raise
     job.tracker.reload_outbox()  # a restored experiment logged through its own (unpickled) tracker
@@ -589,10 +591,21 @@ def search(job: Job, trainable, *, resume: bool, callbacks: list | None = None):
     own = {trial_id_of(r).removeprefix("trial_") for r in results}
     finished = [t for t in study.trials if t.state.is_finished() and t.user_attrs.get(RAY_TRIAL_ID) in own]
     if len(finished) < spec.num_samples:
-        if storage_full(job.experiment):  # GracefulStop stopped the search
+        if GracefulStop.stopped_for is not None:  # it stopped the search for a trial's ENOSPC; else Ctrl-C
             raise StorageFull(job.experiment)
         raise Interrupted(f"{len(finished)} of {spec.num_samples} trials finished")
     return results, study, lost
+
+
+def _file_error(exc: BaseException | None) -> bool:
+    """Whether an OSError is `exc` or behind it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _fit_confirmation(job: Job, trainable, runs: list):
