@@ -65,6 +65,27 @@ def images_per_second(loader, epochs: int, device: torch.device) -> float:
     return seen / (time.perf_counter() - start)
 
 
+def first_job_seconds(data: Path, image_size: int) -> tuple[float, float]:
+    """What a first job pays before training, with empty caches: the audit and the loader each
+    decoding every file (as before 2026-11-28; test at the evaluation), and `audit_and_load`'s one
+    decode per file (test into the cache for the evaluation)."""
+    from fracture_models.audit import audit_and_load, audit_dataset
+    from fracture_models.data import load_dataset
+
+    seconds = []
+    for together in (False, True):
+        with tempfile.TemporaryDirectory() as cache:
+            start = time.perf_counter()
+            if together:
+                audit_and_load(data, image_size, splits=("train", "val"), cache_dir=Path(cache))
+            else:
+                audit_dataset(data, cache_dir=Path(cache))
+                load_dataset(data, image_size, splits=("train", "val"), cache_dir=Path(cache))
+                load_dataset(data, image_size, splits=("test",), cache_dir=Path(cache))  # at the evaluation
+            seconds.append(time.perf_counter() - start)
+    return seconds[0], seconds[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=600, help="training images (default: %(default)s)")
@@ -89,6 +110,8 @@ def main() -> None:
         f"decode once: {len(split)} images in {decode_seconds:.1f} s ({len(split) / decode_seconds:.0f} images/s), "
         f"cache {split.images.numel() / 2**20:.1f} MiB {tuple(split.images.shape)}"
     )
+    apart, once = first_job_seconds(args.data, args.image_size)
+    print(f"first job's audit and decode: {apart:.1f} s apart (audit, then loader), {once:.1f} s with one decode per file ({apart / once:.2f}x)")
     print(f"| augmentation | plain per-file (images/s) | cached (images/s) | ratio | ratio incl. decode over {args.epochs} epochs |")
     print("|---|---|---|---|---|")
     for augment in (True, False):

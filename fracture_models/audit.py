@@ -63,6 +63,7 @@ from PIL import Image
 
 from fracture_models.data import (
     DEFAULT_MAX_BAD_FRACTION,
+    DRAFT_MIN_SIDE,
     DecodedFile,
     FractureDataset,
     default_cache_dir,
@@ -97,7 +98,7 @@ TEXTURE_PATCH = 16
 MIN_TEXTURE_STD = 0.5  # grey levels of the band-passed patch: less is clipped or flattened
 DEFAULT_MIN_DETAIL_CORRELATION = 0.80  # see the module docstring for the measured margins
 MIN_TEXTURE_CORRELATION = 0.15
-FEATURE_SIDE = 256  # local features are found on the grey image scaled to this longer side
+FEATURE_SIDE = DRAFT_MIN_SIDE  # local features are found on the grey image scaled to this longer side (256 px)
 ORB_FEATURES = 300  # ORB keypoints kept per image (and as many on its mirror image)
 VOTE_TABLES = 8  # hash tables of the descriptor vote; each keys on VOTE_KEY_BYTES whole bytes
 VOTE_KEY_BYTES = 3
@@ -932,10 +933,13 @@ def audit_and_load(
     if report is not None:
         return {**report, "root": str(root)}, load_dataset(root, image_size, splits=splits, **options)
     inspector = Inspector(root)
-    dataset = load_dataset(root, image_size, splits=splits, visit=inspector.visit, **options)
+    # Above DRAFT_MIN_SIDE the loader drafts JPEGs larger than the audit does: the audit decodes
+    # its own, so its report never depends on which job's image size came first.
+    visit = inspector.visit if image_size <= DRAFT_MIN_SIDE else None
+    dataset = load_dataset(root, image_size, splits=splits, visit=visit, **options)
     for split in SPLITS:
         if split not in splits:
-            load_split(root, split, image_size, visit=inspector.visit, **options)
+            load_split(root, split, image_size, visit=visit, **options)
     report = audit_records(*scan(root, progress=progress, inspected=inspector.inspected), min_detail=min_detail)
     write_json(cache_path, report)
     return {**report, "root": str(root)}, dataset

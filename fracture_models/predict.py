@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -155,6 +156,8 @@ class FracturePredictor:
         return predict(self.state, loader)[1]
 
     def verdict(self, probability: float) -> dict:
+        if not math.isfinite(probability):  # never a silent "not fractured", never NaN in the JSON
+            return {"error": f"the model's output is not a number ({probability}); its weights may have diverged"}
         return {
             "fracture_probability": float(probability),
             "decision": self.operating_point.decide(probability),

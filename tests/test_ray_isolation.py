@@ -195,3 +195,24 @@ def test_ctrl_c_stops_a_search_while_its_local_ray_starts(ray_env, tiny_download
         assert left == [], left
     finally:
         shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+
+
+def test_a_second_ctrl_c_while_local_ray_starts_exits_at_once(ray_env, tiny_download: Path, tmp_path: Path):
+    env = {**ray_env, "RAY_TMPDIR": tempfile.mkdtemp(prefix="rayint-", dir="/tmp")}
+    sessions = Path(env["RAY_TMPDIR"]) / "ray"
+    try:
+        search, errors = _start(env, tiny_download, tmp_path, "twice")
+        deadline = time.monotonic() + 120
+        while not any(sessions.glob("session_2*")):  # Ray has begun starting its processes
+            assert search.poll() is None and time.monotonic() < deadline, errors.read_text()[-3000:]
+            time.sleep(0.05)
+        search.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        pressed = time.monotonic()
+        search.send_signal(signal.SIGINT)
+        search.wait(timeout=45)
+        assert search.returncode == 130 and time.monotonic() - pressed < 3, errors.read_text()[-2000:]
+        assert "Stopped while Ray was starting" in errors.read_text()
+    finally:
+        subprocess.run(["pkill", "-f", str(sessions)], check=False)  # what an exit at once may leave
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)

@@ -27,6 +27,7 @@ from fracture_models.metrics import CATALOGUE, DEFAULT_SELECTION_METRIC, metric_
 from fracture_models.models import resolve_weights
 from fracture_models.study import STUDY_TEST_RESULTS
 from tuning.tracking.names import (
+    DATA_FILES_TAG,
     EXPERIMENT_PREFIX,
     GENERATED_DATA_TAG,
     GPU_HOURS_METRIC,
@@ -140,7 +141,7 @@ def collect_jobs(
                 image_size=tags.get("image_size", "?"),
                 confirmed=_confirmed(metrics) if not metric.startswith("test_") else "-",
                 generated_data=tags.get(GENERATED_DATA_TAG) == "true",
-                files=int(tags["audit_files"]) if tags.get("audit_files", "").isdigit() else None,
+                files=int(tags[DATA_FILES_TAG]) if tags.get(DATA_FILES_TAG, "").isdigit() else None,
             )
         )
     return jobs

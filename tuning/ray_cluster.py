@@ -72,12 +72,20 @@ def _start_local_ray() -> None:
 def _ctrl_c_once_started():
     """Ctrl-C while Ray starts its processes stops the search once they are up (seconds), not at
     once: Ray forks them, and a KeyboardInterrupt raised in the handlers Python runs around a fork
-    is swallowed there and leaves the logging lock held, so the search hung instead of stopping."""
+    is swallowed there and leaves the logging lock held, so the search hung instead of stopping.
+    A second Ctrl-C exits at once (130)."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield  # someone else handles Ctrl-C here (or ignores it, as a background job does)
         return
     pressed = []
-    signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+
+    def on_ctrl_c(signum, frame) -> None:
+        if pressed:  # a second Ctrl-C: the user will not wait for a Ray that may be stuck starting
+            os.write(2, b"\nStopped while Ray was starting; if `ray status` still shows its processes, `ray stop` ends them.\n")
+            os._exit(130)
+        pressed.append(signum)
+
+    signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         yield
     finally:

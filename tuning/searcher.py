@@ -109,12 +109,18 @@ def open_storage(url: str, attempts: int = 5) -> optuna.storages.BaseStorage:
     engine_kwargs = {"pool_pre_ping": True} if not url.startswith("sqlite") else {}
     for attempt in range(1, attempts):
         try:
-            return RetryingStorage(optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs))
+            return _retrying(optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs))
         except sqlalchemy.exc.DatabaseError as exc:
             if not _lost_schema_race(exc):
                 raise
             time.sleep(0.1 * attempt)
-    return RetryingStorage(optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs))
+    return _retrying(optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs))
+
+
+def _retrying(storage: optuna.storages.RDBStorage) -> "RetryingStorage":
+    """`storage` behind Optuna's own trial cache (what Optuna adds when given an RDB storage, and
+    not to a wrapper: without it every sampler call reloads every trial), then the retries."""
+    return RetryingStorage(optuna.storages.get_storage(storage))
 
 
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)  # 30 s in all, then the error stops the job (tuning.run says how to resume)
@@ -174,7 +180,8 @@ class RetryingStorage(optuna.storages.BaseStorage):
     def __getattr__(self, name: str):  # the RDB storage's own attributes (url, engine, ...)
         if name == "inner":  # not set yet (unpickling)
             raise AttributeError(name)
-        return getattr(self.inner, name)
+        inner = self.inner
+        return getattr(inner, name) if hasattr(inner, name) else getattr(getattr(inner, "_backend", inner), name)
 
 
 def _lost_schema_race(exc: sqlalchemy.exc.DatabaseError) -> bool:

@@ -9,6 +9,7 @@ SEARCH_ROLE, TRIAL_ROLE, CONFIRMATION_ROLE = "search", "trial", "confirmation"
 JOB_TAG = "job_name"
 TRIAL_TAG = "ray_trial_id"
 GENERATED_DATA_TAG = "generated_data"
+DATA_FILES_TAG = "audit_files"  # the data's image files: the job's audit summary "files", tagged audit_<key>
 # Parent-run metrics of a finished job.
 TRIALS_METRIC, STOPPED_EARLY_METRIC = "trials", "trials_stopped_early"
 TRIAL_HOURS_METRIC, GPU_HOURS_METRIC = "trial_hours", "gpu_hours"
