@@ -29,6 +29,8 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # The default MLflow store too: searches that name no tracking URI log here, not in ./runs.
     mp.setenv("FRACTURE_MLFLOW_DIR", str(tmp_path_factory.mktemp("mlflow-default")))
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # And the key that signs resume state (tuning.trust): never the user's own, in ~/.config.
+    mp.setenv("FRACTURE_TUNE_STATE_KEY_FILE", str(tmp_path_factory.mktemp("config") / "state.key"))
     yield cache
     mp.undo()
 

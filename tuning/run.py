@@ -36,6 +36,7 @@ from tuning.claim import Claim
 from tuning.confirmation import CONFIRMATION_DIR, CONFIRMS, DEFAULT_BUDGET, DEFAULT_EXTRA_SEEDS, DEFAULT_TOP, run_confirmation
 from tuning.job import JobSpec, apply_record, from_args, read_record, resume_command, write_record
 from tuning.ray_cluster import init_ray
+from tuning.trust import TRUST_FLAG, fs_path, prepare_state, state_filesystem
 from tuning.tracking.connect import check_reachable, resolve_tracking_uri
 from tuning.tracking.models import checkpoint_policy_flag
 
@@ -112,6 +113,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     job.add_argument("--storage-path", default="./runs/tune", help="experiment folder root, local or s3:// (default: %(default)s)")
     job.add_argument("--name", default=None, help="experiment name (default: <arch>-<time>); reuse it with --resume")
     job.add_argument("--resume", action="store_true", help="continue the experiment --name to --num-samples trials in all")
+    job.add_argument(
+        TRUST_FLAG,
+        action="store_true",
+        help="with --resume: continue a job whose Ray Tune state your key did not sign (another user wrote or changed it, or "
+        "it predates signing), after listing it, and sign it as yours; only if you trust everyone who can write the folder, "
+        "since resuming unpickles that state (default: refuse)",
+    )
     job.add_argument(
         "--team",
         default=os.environ.get("FRACTURE_TEAM", "default"),
@@ -329,6 +337,7 @@ def prepare(args: argparse.Namespace, given: set[str] | None) -> tuple[argparse.
         if record is not None:
             args = apply_record(args, record, given if given is not None else set(vars(args)))
             _validate(args)
+    prepare_state(experiment, resume=args.resume, trust_folder=args.trust_experiment_folder)  # tuning.trust
     args.name = name
     args.weights = resolve_weights(args.arch, args.weights)
     check_weights_available(args.arch, args.weights)  # before data is generated or decoded
@@ -511,7 +520,8 @@ def _run_config(job: Job, name: str, storage_path: str, callbacks: list):
 
     return tune.RunConfig(
         name=name,
-        storage_path=storage_path,
+        storage_path=fs_path(storage_path),
+        storage_filesystem=state_filesystem(job.experiment),  # signs what a resume unpickles, reads it only when signed
         checkpoint_config=tune.CheckpointConfig(
             num_to_keep=1, checkpoint_score_attribute=CHECKPOINT_SCORE, checkpoint_score_order=job.spec.mode
         ),
@@ -539,7 +549,13 @@ def search(job: Job, trainable, *, resume: bool, callbacks: list | None = None):
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # expected: we checkpoint every epoch
     if resume:
         logger.info("Resuming %s", job.experiment)
-        tuner = tune.Tuner.restore(job.experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(
+            fs_path(job.experiment),
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            storage_filesystem=state_filesystem(job.experiment),  # hands Ray only the state files this user's key signed
+        )
     else:
         searcher = make_searcher(
             search_space(spec.arch),
@@ -623,7 +639,9 @@ def _fit_confirmation(job: Job, trainable, runs: list):
     keys = [*baseline_point(), "seed", CONFIRMS]
     logger.info("Confirmation: %d runs of the top configurations and the baseline with more seeds", len(runs))
     if tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(
+            fs_path(path), trainable=trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=state_filesystem(job.experiment)
+        )
     else:
         tuner = tune.Tuner(
             trainable,

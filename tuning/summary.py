@@ -106,7 +106,9 @@ def scored_checkpoint_dir(checkpoints: Iterable[tuple], mode: str, trial_path: s
     checkpoint, _ = _better(mode)(candidates, key=lambda cm: cm[1][CHECKPOINT_SCORE])
     from pyarrow.fs import LocalFileSystem
 
-    if isinstance(checkpoint.filesystem, LocalFileSystem):
+    from tuning.trust import base_filesystem
+
+    if isinstance(base_filesystem(checkpoint.filesystem), LocalFileSystem):  # under the filesystem that signs the job's state
         return Path(checkpoint.path)
     return Path(checkpoint.to_directory())  # remote storage (s3://...): a local copy for the test pass
 
