@@ -111,7 +111,9 @@ def main() -> None:
         f"cache {split.images.numel() / 2**20:.1f} MiB {tuple(split.images.shape)}"
     )
     apart, once = first_job_seconds(args.data, args.image_size)
-    print(f"first job's audit and decode: {apart:.1f} s apart (audit, then loader), {once:.1f} s with one decode per file ({apart / once:.2f}x)")
+    print(
+        f"first job's audit and decode: {apart:.1f} s apart (audit, then loader), {once:.1f} s with one decode per file ({apart / once:.2f}x)"
+    )
     print(f"| augmentation | plain per-file (images/s) | cached (images/s) | ratio | ratio incl. decode over {args.epochs} epochs |")
     print("|---|---|---|---|---|")
     for augment in (True, False):

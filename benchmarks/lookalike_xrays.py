@@ -114,13 +114,13 @@ def render(rng: np.random.Generator, frame: dict, size: int, fractured: bool) ->
     broken = frame["broken"] if fractured else -1
     for k, bone in enumerate(bones):
         d, t = _capsule(hx, hy, bone)
-        r = bone.radius * (1 + 0.35 * np.exp(-((t - 0.0) / 0.12) ** 2) + 0.35 * np.exp(-((t - 1.0) / 0.12) ** 2))
+        r = bone.radius * (1 + 0.35 * np.exp(-(((t - 0.0) / 0.12) ** 2)) + 0.35 * np.exp(-(((t - 1.0) / 0.12) ** 2)))
         outer = np.sqrt(np.clip(r * r - d * d, 0, None))
         inner = np.sqrt(np.clip((0.6 * r) ** 2 - d * d, 0, None))
         tube = (outer - 0.7 * inner) / r * (1 + 0.5 * texture)
         if k == broken:  # a jagged dark line across the bone, sometimes displaced
             t0 = rng.uniform(0.25, 0.75)
-            across = ((hx - bone.start[0]) * (bone.end[1] - bone.start[1]) - (hy - bone.start[1]) * (bone.end[0] - bone.start[0]))
+            across = (hx - bone.start[0]) * (bone.end[1] - bone.start[1]) - (hy - bone.start[1]) * (bone.end[0] - bone.start[0])
             across = across / (np.hypot(bone.end[0] - bone.start[0], bone.end[1] - bone.start[1]) * r.mean() + 1e-12)
             edge = t0 + np.interp(across, np.linspace(-1.5, 1.5, 7), rng.uniform(-0.06, 0.06, 7)) + rng.uniform(-0.2, 0.2) * across
             tube = tube * (1 - 0.85 * np.exp(-(((t - edge) / rng.uniform(0.015, 0.03)) ** 2)))
@@ -129,7 +129,9 @@ def render(rng: np.random.Generator, frame: dict, size: int, fractured: bool) ->
     tissue = gaussian_filter(tissue, 2.0) * rng.uniform(0.5, 0.7)
     image = 1 - np.exp(-(rng.uniform(1.2, 1.8) * density + tissue))
     image = image + 0.06 * (y + 0.5) * rng.uniform(0.5, 1.5)  # heel effect
-    top, bottom, left, right = (int(c * n) for c, n in zip(frame["collimation"] + rng.uniform(-0.01, 0.01, 4), (height, height, width, width)))
+    top, bottom, left, right = (
+        int(c * n) for c, n in zip(frame["collimation"] + rng.uniform(-0.01, 0.01, 4), (height, height, width, width))
+    )
     shutter = np.ones((height, width), bool)
     shutter[top : height - bottom, left : width - right] = False
     image[shutter] = 0.85 + 0.05 * image[shutter]

@@ -608,7 +608,9 @@ def descriptor_votes(thumbs: Thumbnails, usable: np.ndarray, seed: int = 0) -> D
             # the turn and level change from the lower-numbered image to the other (a mirror vote
             # from either side sees the same turn: from the voter's mirror image to the other)
             sign = 1 if kind else np.where(a < b, 1, -1)
-            turn = np.floor((sign * (angles[other] - query_angles[voter]) % 360 + VOTE_ANGLE_BIN / 2) / VOTE_ANGLE_BIN) % (360 // VOTE_ANGLE_BIN)
+            turn = np.floor((sign * (angles[other] - query_angles[voter]) % 360 + VOTE_ANGLE_BIN / 2) / VOTE_ANGLE_BIN) % (
+                360 // VOTE_ANGLE_BIN
+            )
             level = sign * (levels[other] - query_levels[voter]) + 8
             pair = np.minimum(a, b) * n + np.maximum(a, b)
             codes.append(((pair * 2 + kind) * (360 // VOTE_ANGLE_BIN) + turn.astype(np.int64)) * 16 + level)
@@ -617,7 +619,11 @@ def descriptor_votes(thumbs: Thumbnails, usable: np.ndarray, seed: int = 0) -> D
     starts = np.flatnonzero(np.r_[True, pair_kind[1:] != pair_kind[:-1]])
     pair_kind, votes, agreeing = pair_kind[starts], np.add.reduceat(count, starts), np.maximum.reduceat(count, starts)
     pairs, inverse = np.unique(pair_kind // 2, return_inverse=True)
-    by_kind = [np.bincount(inverse, weights=np.where(pair_kind % 2 == kind, w, 0), minlength=len(pairs)).astype(np.int64) for kind in (0, 1) for w in (votes, agreeing)]
+    by_kind = [
+        np.bincount(inverse, weights=np.where(pair_kind % 2 == kind, w, 0), minlength=len(pairs)).astype(np.int64)
+        for kind in (0, 1)
+        for w in (votes, agreeing)
+    ]
     return DescriptorVotes(usable, pairs, by_kind[0], by_kind[2], np.maximum(by_kind[1], by_kind[3]))
 
 
@@ -1000,9 +1006,7 @@ def format_audit(report: dict, max_groups: int = 10) -> str:
         if s["flagged"]:
             lines.append("           " + ", ".join(f"{v} -> {c}" for v, c in s["rule"].items()))
     if not report["flagged_shortcuts"]:
-        lines.append(
-            f"  None flagged: no attribute reaches balanced accuracy {SHORTCUT_BALANCED_ACCURACY} with p < {SHORTCUT_P_VALUE:g}."
-        )
+        lines.append(f"  None flagged: no attribute reaches balanced accuracy {SHORTCUT_BALANCED_ACCURACY} with p < {SHORTCUT_P_VALUE:g}.")
     bad = report["bad_files"]
     lines += ["", f"Files that do not decode: {len(bad)}"]
     lines += [f"  {b['split']}/{b['class']}: {b['path']} ({b['reason']})" for b in bad[:max_groups]]

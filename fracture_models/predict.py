@@ -195,7 +195,9 @@ class FracturePredictor:
         if self.state.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         heat = gradcam(self.state.model, self.arch, inputs, CLASS_NAMES.index(verdict["decision"]))[0]
-        caption = f"p(fractured) {verdict['fracture_probability']:.3f}, threshold {verdict['threshold']:.3g}\nmap for '{verdict['decision']}'"
+        caption = (
+            f"p(fractured) {verdict['fracture_probability']:.3f}, threshold {verdict['threshold']:.3g}\nmap for '{verdict['decision']}'"
+        )
         panel = {"image": pixels[0].float().mean(0).numpy() / 255.0, "heatmap": heat.numpy(), "caption": caption}
         return plot_heatmap_grid([panel], path, title=title)
 

@@ -101,7 +101,12 @@ def test_the_champion_predicts_an_image_file_as_the_projects_evaluation_does(
     code, lines, stderr = run_predict("--model", "models:/fracture-cnn@champion", str(image), env={**os.environ})
     assert code == 0, stderr
     assert lines == [
-        {"path": str(image), "fracture_probability": pytest.approx(expected[relative], abs=1e-6), "decision": by_path["decision"][0], "threshold": pytest.approx(threshold)}
+        {
+            "path": str(image),
+            "fracture_probability": pytest.approx(expected[relative], abs=1e-6),
+            "decision": by_path["decision"][0],
+            "threshold": pytest.approx(threshold),
+        }
     ]
 
 
@@ -139,7 +144,9 @@ def test_every_trials_best_checkpoint_is_a_logged_model_of_its_run(
     np.testing.assert_allclose(from_mlflow, from_file, atol=1e-6)
 
     # Weights only: no optimiser state travels; the staged copies are gone from the experiment folder.
-    weights = mlflow.artifacts.download_artifacts(f"{models[stopped['trial_id']].artifact_location}/artifacts/model.pt", dst_path=str(tmp_path))
+    weights = mlflow.artifacts.download_artifacts(
+        f"{models[stopped['trial_id']].artifact_location}/artifacts/model.pt", dst_path=str(tmp_path)
+    )
     saved = torch.load(weights, weights_only=True)
     assert not {"optimizer", "scheduler", "scaler"} & set(saved) and saved["epoch"] == stopped["best_epoch"]
     assert not list(experiment.glob("mlflow/trial_*/model"))

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from fracture_models.cli import run_main
-from fracture_models.data import DATASET_FOLDER, load_split
 from fracture_models.config import TrainConfig
+from fracture_models.data import DATASET_FOLDER, load_split
 from fracture_models.engine import build_training, load_checkpoint, predict, restore_training
 from fracture_models.loader import BatchLoader
 from fracture_models.predict import main as predict_main
@@ -74,7 +74,9 @@ def test_predict_cli_gives_evaluations_probabilities_and_decides_at_the_validati
     (extra / "notes.png").write_text("not an image")
 
     cams = tmp_path / "cams"
-    code, lines, stderr = run_predict("--model", str(trained / "checkpoint.pt"), str(data_root / "test"), str(extra), "--gradcam", str(cams))
+    code, lines, stderr = run_predict(
+        "--model", str(trained / "checkpoint.pt"), str(data_root / "test"), str(extra), "--gradcam", str(cams)
+    )
 
     assert code == 1, stderr  # two files failed; every other one was predicted
     by_path = {Path(line["path"]): line for line in lines}

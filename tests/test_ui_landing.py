@@ -185,7 +185,7 @@ def test_the_front_page_leads_to_the_runs_table_with_the_trials_columns(landing)
         for name, run in trials.items():
             cells = browser.wait_for(
                 f"(() => {{ const a = {_link_named(name)}; if (!a) return null; const row = a.closest('[role=row]').getAttribute('row-id');"
-                " return Object.fromEntries([...document.querySelectorAll(`[role=row][row-id=\"${row}\"] [col-id]`)]"
+                ' return Object.fromEntries([...document.querySelectorAll(`[role=row][row-id="${row}"] [col-id]`)]'
                 ".map(c => [c.getAttribute('col-id'), c.innerText.trim()])); })()"
             )
             assert cells["tags.`state`"] == run.data.tags["state"] == "completed"

@@ -126,7 +126,9 @@ def storage_full(path: str) -> bool:
     folder = Path(path)
     if "://" in path or not folder.is_dir():
         return False
-    largest = max((sum(f.stat().st_size for f in c.rglob("*") if f.is_file()) for c in folder.rglob("checkpoint_*") if c.is_dir()), default=0)
+    largest = max(
+        (sum(f.stat().st_size for f in c.rglob("*") if f.is_file()) for c in folder.rglob("checkpoint_*") if c.is_dir()), default=0
+    )
     return shutil.disk_usage(folder).free < max(MIN_ROOM_BYTES, 2 * largest)
 
 

@@ -36,9 +36,9 @@ from tuning.claim import Claim
 from tuning.confirmation import CONFIRMATION_DIR, CONFIRMS, DEFAULT_BUDGET, DEFAULT_EXTRA_SEEDS, DEFAULT_TOP, run_confirmation
 from tuning.job import JobSpec, apply_record, from_args, read_record, resume_command, write_record
 from tuning.ray_cluster import init_ray
-from tuning.trust import TRUST_FLAG, fs_path, prepare_state, state_filesystem
 from tuning.tracking.connect import check_reachable, resolve_tracking_uri
 from tuning.tracking.models import checkpoint_policy_flag
+from tuning.trust import TRUST_FLAG, fs_path, prepare_state, state_filesystem
 
 logger = logging.getLogger("tuning.run")
 
@@ -640,7 +640,11 @@ def _fit_confirmation(job: Job, trainable, runs: list):
     logger.info("Confirmation: %d runs of the top configurations and the baseline with more seeds", len(runs))
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(
-            fs_path(path), trainable=trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=state_filesystem(job.experiment)
+            fs_path(path),
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            storage_filesystem=state_filesystem(job.experiment),
         )
     else:
         tuner = tune.Tuner(

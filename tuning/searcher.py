@@ -161,9 +161,7 @@ def _retrying_methods(cls):
     return cls
 
 
-_STORAGE_METHODS = [
-    name for name, value in vars(optuna.storages.BaseStorage).items() if callable(value) and not name.startswith("_")
-]
+_STORAGE_METHODS = [name for name, value in vars(optuna.storages.BaseStorage).items() if callable(value) and not name.startswith("_")]
 
 
 @_retrying_methods

@@ -218,7 +218,9 @@ class _Signatures:
 
 def _kept(manifest: dict, relpath: str) -> list[str]:
     kept = manifest["files"].get(relpath)
-    return [s for s in kept if isinstance(s, str) and s.isascii()] if isinstance(kept, list) else []  # whoever can write the folder can write this file
+    return (
+        [s for s in kept if isinstance(s, str) and s.isascii()] if isinstance(kept, list) else []
+    )  # whoever can write the folder can write this file
 
 
 def _write(base: pyarrow.fs.FileSystem, path: str, data: bytes) -> None:

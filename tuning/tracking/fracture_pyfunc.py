@@ -47,7 +47,9 @@ class FracturePyfunc(PythonModel):
         images = _images(model_input)
         present = [image for image in images if image is not None and not _missing(image)]
         verdicts = self.predictor.predict(present)  # batched, in order
-        rows = [{"error": "no image bytes and no path in this row"} if image is None or _missing(image) else next(verdicts) for image in images]
+        rows = [
+            {"error": "no image bytes and no path in this row"} if image is None or _missing(image) else next(verdicts) for image in images
+        ]
         return pd.DataFrame(
             {
                 "fracture_probability": [r.get("fracture_probability", math.nan) for r in rows],

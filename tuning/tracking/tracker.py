@@ -25,11 +25,14 @@ from fracture_models.plots import plot_confusion_matrix, plot_loss_curves
 from fracture_models.records import redact_url
 from tuning.confirmation import CONFIRMS
 from tuning.tracking.connect import configure_client, is_outage
+from tuning.tracking.models import CheckpointPolicy
 from tuning.tracking.names import (
     AT_BEST_EPOCH,
+    CHECKPOINT_SCORE_TAG,
     CONFIRMATION_ROLE,
     GPU_HOURS_METRIC,
     JOB_TAG,
+    MODEL_TYPE,
     ROLE_TAG,
     SEARCH_ROLE,
     STATE_TAG,
@@ -39,15 +42,12 @@ from tuning.tracking.names import (
     TRIAL_ROLE,
     TRIAL_TAG,
     TRIALS_METRIC,
-    CHECKPOINT_SCORE_TAG,
-    MODEL_TYPE,
     best_metric_name,
     confirm_metric_name,
     experiment_name,
     run_name,
 )
 from tuning.tracking.outbox import OUTBOX_FILE, RETRY_AFTER_S, Outbox
-from tuning.tracking.models import CheckpointPolicy
 from tuning.tracking.registry import register_winner
 from tuning.tracking.store import store_dir
 from tuning.tracking.ui import experiment_tags, runs_table_url
@@ -253,9 +253,7 @@ class SearchTracker:
         run_id = self.parent_run_id if trial_id is None else self._run_for(trial_id)
         self.client.set_terminated(run_id, status)
 
-    def _op_trial_model(
-        self, trial_id: str, model_dir: str, step: int, metrics: dict, params: dict, tags: dict, timestamp_ms: int
-    ) -> None:
+    def _op_trial_model(self, trial_id: str, model_dir: str, step: int, metrics: dict, params: dict, tags: dict, timestamp_ms: int) -> None:
         """A run's best checkpoint as its MLflow 3 logged model, linked to the run (an output at the
         best epoch) and to that epoch's metrics. Replayable: a model already READY is not sent again,
         one left PENDING by an outage is completed."""
@@ -327,7 +325,9 @@ class SearchTracker:
         from fracture_models.metrics import is_better
 
         ranked = self._ranked_models()
-        return len(ranked) < self._policy().top or is_better(score, float(ranked[self._policy().top - 1].tags[CHECKPOINT_SCORE_TAG]), self.job.mode)
+        return len(ranked) < self._policy().top or is_better(
+            score, float(ranked[self._policy().top - 1].tags[CHECKPOINT_SCORE_TAG]), self.job.mode
+        )
 
     def _keep_top(self) -> None:
         """Remove the logged models (their artifacts, then the model) beyond the job's K best."""
@@ -377,7 +377,6 @@ class SearchTracker:
     ) -> None:
         """Final state, best epoch's confusion matrix and the loss curves of one trial; with
         `checkpoint` (a context giving its best checkpoint's file), that checkpoint as the run's logged model."""
-
         metric, mode, max_epochs = self.job.metric, self.job.mode, self.job.epochs
         epochs = max((row["training_iteration"] for row in history), default=0)
         state = run_state(epochs, max_epochs, failed=failed)
