@@ -108,7 +108,7 @@ def one_run(spec: dict) -> dict:
 
     from fracture_models.cli import configure_logging
     from fracture_models.synthetic import SyntheticSpec, ensure_generated
-    from tuning.run import get_args_parser, load, open_job, prepare, search
+    from tuning.run import claim_name, get_args_parser, load, open_job, prepare, search
     from tuning.trainable import CHECKPOINT_FILE, CHECKPOINT_SCORE, OPTIMIZER_FILE
 
     configure_logging()
@@ -130,18 +130,19 @@ def one_run(spec: dict) -> dict:
     ]
     try:
         args, experiment, record, resources = prepare(get_args_parser().parse_args(argv), None)
-        job = open_job(args, experiment, record, resources, *load(args, record))
-        names = {"checkpoint": CHECKPOINT_FILE, "optimizer": OPTIMIZER_FILE, "score": CHECKPOINT_SCORE}
-        trainable = tune.with_resources(
-            tune.with_parameters(sleeping_trial, epochs=spec["epochs"], epoch_s=spec["epoch_s"], metric=job.spec.metric, names=names),
-            {"cpu": 1, "gpu": 0},
-        )
-        completions = Completions()
-        memory = PeakRss()
-        cpu_before, start = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-        search(job, trainable, resume=False, callbacks=[completions])
-        cpu_after, wall = resource.getrusage(resource.RUSAGE_SELF), time.monotonic() - start
-        rss = memory.stop()
+        with claim_name(args, experiment) as claim:
+            job = open_job(args, experiment, record, resources, claim, *load(args, record))
+            names = {"checkpoint": CHECKPOINT_FILE, "optimizer": OPTIMIZER_FILE, "score": CHECKPOINT_SCORE}
+            trainable = tune.with_resources(
+                tune.with_parameters(sleeping_trial, epochs=spec["epochs"], epoch_s=spec["epoch_s"], metric=job.spec.metric, names=names),
+                {"cpu": 1, "gpu": 0},
+            )
+            completions = Completions()
+            memory = PeakRss()
+            cpu_before, start = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+            search(job, trainable, resume=False, callbacks=[completions])
+            cpu_after, wall = resource.getrusage(resource.RUSAGE_SELF), time.monotonic() - start
+            rss = memory.stop()
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -41,13 +41,14 @@ class MostRunning(tune.Callback):
 
 def search_stage(argv: list[str], most_running_file: str) -> None:
     """The stages of `tuning.run.run_search` up to and including the search, for one job."""
-    from tuning.run import get_args_parser, load, make_trainable, open_job, prepare, search
+    from tuning.run import claim_name, get_args_parser, load, make_trainable, open_job, prepare, search
 
     args, experiment, record, resources = prepare(get_args_parser().parse_args(argv), None)
-    dataset, audit, audit_summary, dropped = load(args, record)
-    job = open_job(args, experiment, record, resources, dataset, audit, audit_summary, dropped)
-    search(job, make_trainable(job), resume=False, callbacks=[MostRunning(most_running_file)])
-    assert job.tracker.flush(force=True)
+    with claim_name(args, experiment) as claim:
+        dataset, audit, audit_summary, dropped = load(args, record)
+        job = open_job(args, experiment, record, resources, claim, dataset, audit, audit_summary, dropped)
+        search(job, make_trainable(job), resume=False, callbacks=[MostRunning(most_running_file)])
+        assert job.tracker.flush(force=True)
 
 
 def searches_on_a_four_gpu_node(jobs: list[tuple[list[str], str]]) -> None:
