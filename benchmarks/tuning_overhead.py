@@ -40,9 +40,13 @@ REGIMES = {  # name -> (trials, epochs, image size): seconds-long trials at two 
 HYPERPARAMETERS = ("lr", "step_size", "gamma", "aug_strength")
 
 
-def through_tuning(data_dir: Path, work: Path, name: str, trials: int, epochs: int, size: int) -> tuple[float, list[dict]]:
+def through_tuning(
+    data_dir: Path, work: Path, name: str, trials: int, epochs: int, size: int, checkpoints: str = "all"
+) -> tuple[float, list[dict]]:
     args = get_args_parser().parse_args(
         [
+            "--mlflow-checkpoints",
+            checkpoints,
             "--arch",
             "cnn",
             "--data-dir",
@@ -100,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tuning_overhead.json"))
+    parser.add_argument(
+        "--mlflow-checkpoints", default="all", help="tuning.run's setting: every trial's model to MLflow, or fewer (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     import ray
 
@@ -112,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.regimes:
         trials, epochs, size = REGIMES[name]
         load_dataset(data_dir, size, cache_dir=work / "cache")  # decode once so both sides read the cache
-        tuned_s, configs = through_tuning(data_dir, work, name, trials, epochs, size)
+        tuned_s, configs = through_tuning(data_dir, work, name, trials, epochs, size, args.mlflow_checkpoints)
         direct_s = directly(data_dir, work, configs, epochs, size)
         report["regimes"][name] = {
             "trials": trials,
