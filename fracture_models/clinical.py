@@ -53,6 +53,15 @@ def rates_with_intervals(labels: np.ndarray, probability: np.ndarray, threshold:
     }
 
 
+def _mann_whitney_auc(positive_scores: np.ndarray, sorted_negative_scores: np.ndarray) -> float:
+    """ROC AUC as the chance that a fracture outscores a non-fracture, ties counting half: the
+    same number as `roc_auc_score`, in O(n log n) without its input checks (the bootstrap calls it
+    thousands of times)."""
+    below = np.searchsorted(sorted_negative_scores, positive_scores, "left")
+    up_to = np.searchsorted(sorted_negative_scores, positive_scores, "right")
+    return float((below + up_to).sum() / (2 * len(positive_scores) * len(sorted_negative_scores)))
+
+
 def auc_with_interval(labels: np.ndarray, probability: np.ndarray, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
     """ROC AUC with a 95% percentile bootstrap interval, resampling within each class."""
     labels, probability = np.asarray(labels), np.asarray(probability)
@@ -62,8 +71,8 @@ def auc_with_interval(labels: np.ndarray, probability: np.ndarray, *, resamples:
     rng = np.random.default_rng(seed)
     aucs = np.empty(resamples)
     for k in range(resamples):
-        index = np.concatenate([rng.choice(positives, len(positives)), rng.choice(negatives, len(negatives))])
-        aucs[k] = roc_auc_score(labels[index] == POSITIVE_LABEL, probability[index])
+        positive_scores = probability[rng.choice(positives, len(positives))]
+        aucs[k] = _mann_whitney_auc(positive_scores, np.sort(probability[rng.choice(negatives, len(negatives))]))
     low, high = np.percentile(aucs, [2.5, 97.5])
     return {"value": float(roc_auc_score(labels == POSITIVE_LABEL, probability)), "ci95": [float(low), float(high)], "resamples": resamples}
 

@@ -65,6 +65,20 @@ def test_auc_interval_covers_the_auc_and_the_threshold_reaches_the_target_on_val
     assert found >= 0.95 and (probability[labels == 1] > threshold).mean() < 0.95  # the highest such threshold
 
 
+def test_bootstrap_auc_is_sklearns_auc_ties_included():
+    """The bootstrap's fast AUC (rank counting) gives roc_auc_score's number, ties counting half."""
+    from sklearn.metrics import roc_auc_score
+
+    from fracture_models.clinical import _mann_whitney_auc
+
+    rng = np.random.default_rng(1)
+    for n in (7, 60, 400):
+        labels = np.array([0, 1] + list(rng.integers(0, 2, n - 2)))
+        probability = rng.integers(0, 6, n) / 5  # many ties
+        positives, negatives = probability[labels == 1], np.sort(probability[labels == 0])
+        assert _mann_whitney_auc(positives, negatives) == pytest.approx(roc_auc_score(labels, probability), abs=1e-12)
+
+
 def test_temperature_scaling_lowers_ece_of_an_over_confident_model(learnable_download, tmp_path):
     """A real CNN trained a few epochs, made over-confident by scaling its last layer by 8."""
     data = load_dataset(learnable_download, 32)
