@@ -5,7 +5,9 @@
 * Exact duplicates share a content hash (sha256 of the file's bytes).
 * Near-duplicates (re-encoded, resized, flipped, turned, scaled, shifted, cropped, re-exposed
   copies) in three steps. The scan's single decode keeps a 128 px grey thumbnail (uint8, aspect
-  kept) and ORB keypoints with binary descriptors of the image at 256 px and of its mirror image.
+  kept) and ORB keypoints with binary descriptors of the image at 256 px and of its mirror image,
+  each keypoint where its pixel's centre lies (`_pixel_centred`: ORB reports a pyramid level's
+  keypoints up to ~2 px off, which cancels between images in one pose but not under a half turn).
   Candidates: each image's `HASH_CANDIDATES` closest perceptual hashes (over the four flips)
   within `HASH_CANDIDATE_BITS`; each image's `CANDIDATES` best of its `SHORTLIST` nearest
   neighbours by a shift-, rotation-, scale- and mirror-free spectrum; and each image's
@@ -24,15 +26,17 @@
   < 20, while same-pose look-alikes reach 99 against copies' >= 102, so the count ranks but does
   not decide).
   Confirmed (`match`), at native resolution: both files are decoded again at the smaller one's
-  longer side (at most FEATURE_SIDE px), b is laid on a by the geometric check's similarity,
-  and over the overlap the fine detail (band-pass 0.7-2.0 px) correlates at >=
+  longer side (at most FEATURE_SIDE px), b is laid on a by the geometric check's similarity
+  (mapped to the compared images axis by axis, pixel centre to pixel centre: a copy laid a
+  pixel off loses the texture that confirms it), and over the overlap the fine detail (band-pass 0.7-2.0 px) correlates at >=
   `DEFAULT_MIN_DETAIL_CORRELATION` (0.80) and the finest texture (band-pass 0.5-1.5 px)
   correlates at >= `MIN_TEXTURE_CORRELATION` (0.15) in 3 of 4 of the overlap's 16 px patches.
   A copy matches everywhere; another radiograph of the same pose matches along its shared edges
   but not in its texture; an unrelated image that happens to share a few edges, in neither.
-  Measured (benchmarks/README.md, "Audit accuracy"; 1,550 images per generator): copies' detail
-  >= 0.835 and texture >= 0.197 on both generators; distinct pairs reaching this step: detail
-  <= 0.815, texture <= 0.098. The margin shrinks with resolution: on look-alikes of the same
+  Measured (benchmarks/README.md, "Audit accuracy"; 1,550 images per generator, version 8):
+  copies reaching this step, detail >= 0.863 on both generators, texture >= 0.236 on
+  look-alikes but 0.06 and 0.13 for 2 of 88 project copies (noise sigma 4.8-6 with JPEG: missed);
+  distinct pairs reaching it, detail <= 0.869 (texture there <= 0.03), texture <= 0.097. The margin shrinks with resolution: on look-alikes of the same
   pose at 176 px one distinct pair of 300 images passed, and below ~128 px their texture is
   gone and they cannot be told from copies.
 * A shortcut is a file attribute (format, mode, width, height) whose value predicts the class:
@@ -79,7 +83,7 @@ from fracture_models.records import write_json
 
 logger = logging.getLogger(__name__)
 
-AUDIT_VERSION = 7  # 7: the data module's decoder; votes ranked by geometric consistency
+AUDIT_VERSION = 8  # 8: keypoints at their pixel centres, similarity mapped per axis to the compared images
 HASH_SIDE = 32  # the grey image is reduced to 32 x 32 before the DCT
 HASH_BITS = 8  # the 8 x 8 lowest frequencies give a 64-bit hash
 HASH_CANDIDATE_BITS = 8  # pairs within this many bits of 64 are candidates
@@ -100,6 +104,7 @@ DEFAULT_MIN_DETAIL_CORRELATION = 0.80  # see the module docstring for the measur
 MIN_TEXTURE_CORRELATION = 0.15
 FEATURE_SIDE = DRAFT_MIN_SIDE  # local features are found on the grey image scaled to this longer side (256 px)
 ORB_FEATURES = 300  # ORB keypoints kept per image (and as many on its mirror image)
+ORB_SCALE = 1.2  # ORB's pyramid: each level's image is this much smaller than the one before
 VOTE_TABLES = 8  # hash tables of the descriptor vote; each keys on VOTE_KEY_BYTES whole bytes
 VOTE_KEY_BYTES = 3
 VOTE_BUCKET_CAP = 16  # buckets fuller than this hold common structure (edges, markers): no vote
@@ -193,7 +198,8 @@ class Thumbnails:
 class LocalFeatures:
     """ORB keypoints [K, 2] (x, y), their orientations (degrees) and pyramid levels, and binary
     descriptors [K, 32] uint8 of an image and of its mirror image (ORB turns with the image, but
-    does not mirror; a vertical flip is a mirror turned 180 degrees)."""
+    does not mirror; a vertical flip is a mirror turned 180 degrees). Points are in pixels of the
+    image they were found on, 0 at the first pixel's centre."""
 
     points: np.ndarray
     descriptors: np.ndarray
@@ -203,6 +209,7 @@ class LocalFeatures:
     levels: np.ndarray
     mirror_angles: np.ndarray
     mirror_levels: np.ndarray
+    size: tuple[int, int] = (FEATURE_SIDE, FEATURE_SIDE)  # width, height of the image they were found on
 
 
 def _grey(decoded: DecodedFile) -> Image.Image:
@@ -222,16 +229,27 @@ def local_features(grey: Image.Image) -> LocalFeatures:
     import cv2
 
     pixels = np.asarray(_resized(grey, FEATURE_SIDE))
-    orb = cv2.ORB_create(nfeatures=ORB_FEATURES, scaleFactor=1.2, nlevels=6, edgeThreshold=15, patchSize=15, fastThreshold=5)
+    orb = cv2.ORB_create(nfeatures=ORB_FEATURES, scaleFactor=ORB_SCALE, nlevels=6, edgeThreshold=15, patchSize=15, fastThreshold=5)
     found, poses = [], []
     for view in (pixels, np.ascontiguousarray(pixels[:, ::-1])):
         keypoints, descriptors = orb.detectAndCompute(view, None)
+        levels = np.array([k.octave for k in keypoints], np.int8)
         found += [
-            np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2),
+            _pixel_centred(np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2), levels, view.shape),
             np.zeros((0, 32), np.uint8) if descriptors is None else descriptors,
         ]
-        poses += [np.array([k.angle for k in keypoints], np.float32), np.array([k.octave for k in keypoints], np.int8)]
-    return LocalFeatures(*found, *poses)
+        poses += [np.array([k.angle for k in keypoints], np.float32), levels]
+    return LocalFeatures(*found, *poses, size=(pixels.shape[1], pixels.shape[0]))
+
+
+def _pixel_centred(points: np.ndarray, levels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """ORB's keypoints of pyramid level l (found at pixel u of an image resized to
+    round(side / ORB_SCALE**l)) are reported at u * ORB_SCALE**l, which is off by up to ~2 px
+    at level 5 from where that pixel's centre lies in the image; the offset cancels between two
+    images in the same pose but doubles under a half turn. Returns where they lie."""
+    scale = (ORB_SCALE ** levels.astype(np.float64))[:, None]
+    sides = np.array([shape[1], shape[0]], np.float64)
+    return ((points / scale + 0.5) * sides / np.round(sides / scale) - 0.5).astype(np.float32)
 
 
 def thumbnail(image: Image.Image) -> tuple[np.ndarray, tuple[int, int, int, int]]:
@@ -436,6 +454,20 @@ def compare_side(a: ImageRecord, b: ImageRecord) -> int:
     return min(FEATURE_SIDE, max(a.width, a.height), max(b.width, b.height))
 
 
+def _native_transform(
+    transform: np.ndarray, sizes: tuple[tuple[int, int], tuple[int, int]], a_shape: tuple[int, ...], b_shape: tuple[int, ...]
+) -> np.ndarray:
+    """The similarity from b's feature image to a's as an affine map between the compared images
+    (each axis scaled by its own size, pixel centres kept): a pixel off is a copy's texture lost."""
+
+    def to_native(size: tuple[int, int], shape: tuple[int, ...]) -> np.ndarray:  # feature px -> compared px
+        scale = np.array([shape[1] / size[0], shape[0] / size[1]])
+        return np.array([[scale[0], 0, 0.5 * scale[0] - 0.5], [0, scale[1], 0.5 * scale[1] - 0.5], [0, 0, 1]])
+
+    full = to_native(sizes[0], a_shape) @ np.vstack([transform, [0, 0, 1]]) @ np.linalg.inv(to_native(sizes[1], b_shape))
+    return full[:2].astype(np.float32)
+
+
 def match(a: np.ndarray, b: np.ndarray, check: "GeometricCheck") -> Match:
     """Lay b (grey, its mirror image when `check.mirror`) on a with the geometric check's
     similarity, both at the same scale (`compare_side`), then compare their fine detail over the
@@ -447,8 +479,7 @@ def match(a: np.ndarray, b: np.ndarray, check: "GeometricCheck") -> Match:
     inliers = check.inliers
     if check.transform is None:
         return Match(-1.0, -1.0, inliers)
-    transform = check.transform.astype(np.float32).copy()
-    transform[:, 2] *= max(a.shape) / FEATURE_SIDE  # feature px -> px of the compared images
+    transform = _native_transform(check.transform, check.sizes, a.shape, b.shape)
     a, b = a.astype(np.float32), b.astype(np.float32)
     b_view = np.ascontiguousarray(b[:, ::-1]) if check.mirror else b
     size = (a.shape[1], a.shape[0])
@@ -605,15 +636,14 @@ def descriptor_votes(thumbs: Thumbnails, usable: np.ndarray, seed: int = 0) -> D
             a, b = query_owners[voter], owners[other]
             keep = a != b
             voter, other, a, b = voter[keep], other[keep], a[keep], b[keep]
-            # the turn and level change from the lower-numbered image to the other (a mirror vote
-            # from either side sees the same turn: from the voter's mirror image to the other)
-            sign = 1 if kind else np.where(a < b, 1, -1)
-            turn = np.floor((sign * (angles[other] - query_angles[voter]) % 360 + VOTE_ANGLE_BIN / 2) / VOTE_ANGLE_BIN) % (
-                360 // VOTE_ANGLE_BIN
-            )
+            # the turn and level change from the lower-numbered image (or its mirror image) to the
+            # other. A mirror vote sees the same turn from either side (from the voter's mirror
+            # image to the other: M R M is R turned back, for a mirror M) but the inverse scale.
+            sign = np.where(a < b, 1, -1)
+            turn = np.floor(((1 if kind else sign) * (angles[other] - query_angles[voter]) % 360 + VOTE_ANGLE_BIN / 2) / VOTE_ANGLE_BIN)
             level = sign * (levels[other] - query_levels[voter]) + 8
             pair = np.minimum(a, b) * n + np.maximum(a, b)
-            codes.append(((pair * 2 + kind) * (360 // VOTE_ANGLE_BIN) + turn.astype(np.int64)) * 16 + level)
+            codes.append(((pair * 2 + kind) * (360 // VOTE_ANGLE_BIN) + turn.astype(np.int64) % (360 // VOTE_ANGLE_BIN)) * 16 + level)
     code, count = np.unique(np.concatenate(codes), return_counts=True)
     pair_kind = code // (16 * (360 // VOTE_ANGLE_BIN))
     starts = np.flatnonzero(np.r_[True, pair_kind[1:] != pair_kind[:-1]])
@@ -636,6 +666,7 @@ class GeometricCheck:
     inliers: int
     mirror: bool = False
     transform: np.ndarray | None = None
+    sizes: tuple[tuple[int, int], tuple[int, int]] = ((FEATURE_SIDE, FEATURE_SIDE),) * 2  # a's and b's feature images (width, height)
 
 
 def geometric_check(
@@ -656,7 +687,7 @@ def geometric_check(
             continue
         inliers, transform = _similarity_inliers(a.points, a.descriptors, points, descriptors)
         if inliers > best.inliers:
-            best = GeometricCheck(inliers, mirror, transform)
+            best = GeometricCheck(inliers, mirror, transform, (a.size, b.size))
     return best
 
 
