@@ -13,7 +13,10 @@
   neighbours by a shift-, rotation-, scale- and mirror-free spectrum; and each image's
   `VOTED_PER_IMAGE` partners sharing the most ORB descriptors that agree on one turn and scale
   (`descriptor_votes`: hashed votes with weak geometric consistency), which proposes turned and
-  cropped copies that global descriptors rank below same-pose look-alikes.
+  cropped copies that global descriptors rank below same-pose look-alikes; and each image's
+  `FRAME_CANDIDATES` nearest in the frame of its bright structure's moments (`moment_views`:
+  centroid, principal axis and spread, which move with a shift, turn or scale that keeps the
+  structure in view), which proposes smooth copies that have few corners to vote with.
   Geometric check (`geometric_check`, about 1 ms a pair on two cores, nearly all of it descriptor
   matching): the ORB matches that one similarity of a copy's range (turn within 12 degrees of 0
   or 180, scale 0.65-1.55) lays on each other, by RANSAC, for b and its mirror image, or only
@@ -83,7 +86,7 @@ from fracture_models.records import write_json
 
 logger = logging.getLogger(__name__)
 
-AUDIT_VERSION = 8  # 8: keypoints at their pixel centres, similarity mapped per axis to the compared images
+AUDIT_VERSION = 9  # 9: candidates in the moment frame; 8: keypoints at their pixel centres, similarity mapped per axis
 HASH_SIDE = 32  # the grey image is reduced to 32 x 32 before the DCT
 HASH_BITS = 8  # the 8 x 8 lowest frequencies give a 64-bit hash
 HASH_CANDIDATE_BITS = 8  # pairs within this many bits of 64 are candidates
@@ -95,6 +98,10 @@ LOG_POLAR_RADII = (1.5, 0.4 * COARSE_SIDE)  # spectrum radii (px of COARSE_SIDE)
 MAX_SCALE = 1.5  # candidates by log-polar correlation consider scales between 1 / MAX_SCALE and MAX_SCALE
 SHORTLIST = 16  # nearest neighbours per image by the rotation-, scale- and shift-free spectrum
 CANDIDATES = 2  # of those, the best by log-polar phase correlation are matched in full
+FRAME_SIDE = 16  # the thumbnail resampled in its own moment frame (`moment_views`) to this square
+FRAME_SPAN = 2.0  # the frame reaches this many spreads of the bright structure from its centroid
+FRAME_BLUR = 1.5  # px of the thumbnail: noise and JPEG blocks out of the moments
+FRAME_CANDIDATES = 2  # each image's nearest neighbours in the moment frame become candidates
 MIN_OVERLAP = 0.3  # of the smaller image's area, after registration
 DETAIL_BAND = (0.7, 2.0)  # the fine detail compared: Gaussian sigmas (px at `compare_side`) of a band-pass
 TEXTURE_BAND = (0.5, 1.5)  # the finest texture, compared patch by patch
@@ -516,19 +523,69 @@ def _invariants(polar_ffts: np.ndarray) -> np.ndarray:
     return magnitude / (np.linalg.norm(magnitude, axis=1, keepdims=True) + 1e-12)
 
 
+def moment_views(pixels: np.ndarray, box: Sequence[int]) -> np.ndarray:
+    """The thumbnail resampled in the frame its bright structure defines: centred on the
+    centroid of the pixels above the median, turned to their principal axis and scaled by their
+    spread. The frame moves with the image under a shift, turn, scale or crop that keeps the
+    structure, so a copy is resampled alike where corners (ORB) or the spectrum's magnitudes
+    fail: smooth images scaled and turned. The axis has two directions and the frame two
+    hands, so four views [4, FRAME_SIDE**2], each zero-mean and unit-norm; a mirror is one of them."""
+    import cv2
+
+    top, left, height, width = box
+    grey = cv2.GaussianBlur(pixels[top : top + height, left : left + width].astype(np.float32), (0, 0), FRAME_BLUR)
+    background = float(np.median(grey))
+    weight = np.clip(grey - background, 0, None)
+    total = float(weight.sum())
+    if total <= 0:
+        return np.zeros((4, FRAME_SIDE * FRAME_SIDE), np.float32)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    centre = np.array([(weight * xs).sum(), (weight * ys).sum()]) / total
+    dx, dy = xs - centre[0], ys - centre[1]
+    covariance = np.array([[(weight * dx * dx).sum(), (weight * dx * dy).sum()], [(weight * dx * dy).sum(), (weight * dy * dy).sum()]])
+    values, vectors = np.linalg.eigh(covariance / total)
+    step = np.sqrt(max(values.sum(), 1e-6)) * FRAME_SPAN / (FRAME_SIDE / 2)  # thumbnail px per frame px
+    views = []
+    for direction in (1, -1):
+        for hand in (1, -1):
+            axis = vectors[:, 1] * direction
+            across = np.array([-axis[1], axis[0]]) * hand
+            to_image = np.zeros((2, 3), np.float32)  # frame px -> thumbnail px
+            to_image[:, 0], to_image[:, 1] = axis * step, across * step
+            to_image[:, 2] = centre - to_image[:, :2] @ np.full(2, FRAME_SIDE / 2 - 0.5)
+            view = cv2.warpAffine(
+                grey, to_image, (FRAME_SIDE, FRAME_SIDE), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=background
+            ).ravel()
+            view -= view.mean()
+            views.append(view / (np.linalg.norm(view) + 1e-6))
+    return np.stack(views)
+
+
+def _frame_neighbours(views: np.ndarray, rows: np.ndarray, keep: int) -> np.ndarray:
+    """Each of `rows`' `keep` nearest images by the cosine of its first view with the best of
+    the other's four (positions in `views`)."""
+    n = len(views)
+    similarity = (views[rows, 0] @ views.reshape(n * 4, -1).T).reshape(len(rows), n, 4).max(-1)
+    similarity[np.arange(len(rows)), rows] = -np.inf
+    return np.argpartition(-similarity, keep - 1, axis=1)[:, :keep]
+
+
 def _candidates(
     records: Sequence[ImageRecord], thumbs: Thumbnails, chunk: int = 512
 ) -> tuple[set[tuple[int, int]], "DescriptorVotes | None"]:
     """Pairs (i < j) worth registering: close perceptual hashes under some flip (re-encoded,
     resized, flipped copies), and each image's CANDIDATES best of its SHORTLIST nearest
     neighbours by the shift-, rotation-, scale- and mirror-free spectrum, ranked by how well
-    their log-polar spectra correlate (turned, scaled, shifted, cropped copies)."""
+    their log-polar spectra correlate (turned, scaled, shifted, cropped copies), and each image's
+    FRAME_CANDIDATES nearest in its moment frame (`moment_views`: smooth images scaled and turned)."""
     usable = np.array([i for i, r in enumerate(records) if not r.error], dtype=np.int64)
     if len(usable) < 2:
         return set(), None
     hashes = np.array([[int(h, 16) for h in records[i].phash] for i in usable], dtype=np.uint64)
     polar = _polar_ffts(thumbs, usable)
     invariants = _invariants(polar)
+    views = np.stack([moment_views(thumbs.pixels[i], thumbs.boxes[i]) for i in usable])
+    frame_keep = min(FRAME_CANDIDATES, len(usable) - 1)
     shortlist, keep = min(SHORTLIST, len(usable) - 1), min(CANDIDATES, len(usable) - 1)
     hash_keep = min(HASH_CANDIDATES, len(usable) - 1)
     pairs: set[tuple[int, int]] = set()
@@ -544,6 +601,7 @@ def _candidates(
         peaks = rotation_scale_peaks(np.repeat(polar[rows], shortlist, 0), polar[nearest.ravel()]).reshape(len(rows), shortlist)
         best = np.take_along_axis(nearest, np.argsort(-peaks, axis=1)[:, :keep], 1)
         close += [(r, n) for r in range(len(rows)) for n in best[r]]
+        close += [(r, n) for r, neighbours in enumerate(_frame_neighbours(views, rows, frame_keep)) for n in neighbours]
         for a, b in close:
             i, j = int(usable[rows[a]]), int(usable[b])
             if i != j:
