@@ -61,6 +61,7 @@ import json
 import logging
 import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,10 +89,6 @@ from fracture_models.records import write_json
 logger = logging.getLogger(__name__)
 
 AUDIT_VERSION = 10  # 10: matching by one matrix product, spectra and frames on the scan threads; 9: candidates in the moment frame; 8: keypoints at their pixel centres, similarity mapped per axis
-HASH_SIDE = 32  # the grey image is reduced to 32 x 32 before the DCT
-HASH_BITS = 8  # the 8 x 8 lowest frequencies give a 64-bit hash
-HASH_CANDIDATE_BITS = 8  # pairs within this many bits of 64 are candidates
-HASH_CANDIDATES = 3  # of those, each image's closest: same-pose look-alikes are hash-close by the thousand
 THUMB_SIDE = 128  # the grey thumbnail kept per image (uint8, aspect kept, centred on a square)
 COARSE_SIDE = 64  # log-polar spectra are taken at half the thumbnail's resolution
 LOG_POLAR_SHAPE = (64, 32)  # angles over 180 degrees x log-spaced radii of the spectrum
@@ -102,8 +99,11 @@ CANDIDATES = 2  # of those, the best by log-polar phase correlation are matched 
 FRAME_SIDE = 16  # the thumbnail resampled in its own moment frame (`moment_views`) to this square
 FRAME_SPAN = 2.0  # the frame reaches this many spreads of the bright structure from its centroid
 FRAME_BLUR = 1.5  # px of the thumbnail: noise and JPEG blocks out of the moments
-FRAME_CANDIDATES = 2  # each image's nearest neighbours in the moment frame become candidates
+FRAME_CANDIDATES = 4  # each image's nearest neighbours in the moment frame become candidates
 MIN_OVERLAP = 0.3  # of the smaller image's area, after registration
+MIN_REFINE_DETAIL = 0.5  # pairs laid at least this well by the ORB similarity, but not confirmed, are refined (ECC)
+REFINE_ITERATIONS = 50
+MAX_REFINE_SHIFT = 4.0  # px at `compare_side`: how far ECC may move a corner of the laid image
 DETAIL_BAND = (0.7, 2.0)  # the fine detail compared: Gaussian sigmas (px at `compare_side`) of a band-pass
 TEXTURE_BAND = (0.5, 1.5)  # the finest texture, compared patch by patch
 TEXTURE_PATCH = 16
@@ -123,9 +123,11 @@ DECISIVE_VOTE_RATIO = 4  # and this many times the other view's
 MAX_DESCRIPTOR_DISTANCE = 64  # of 256 bits, for a descriptor match to enter RANSAC
 MAX_TURN_DEGREES = 12  # the copy's rotation (or 180 degrees more): planted copies turn up to 10
 SCALE_RANGE = (0.65, 1.55)  # the copy's scale: 0.8-1.25 times a crop of up to 8%
-MIN_INLIERS = 20  # geometrically consistent matches before a pair is registered in full
+MIN_INLIERS = 12  # geometrically consistent matches before a pair is registered in full
 SCREEN_STRIDE = 3  # the screen matches every third descriptor of one image's
-SCREEN_MIN_INLIERS = 6  # there: copies had >= 10, 97% of distinct project candidates < 6
+SCREEN_MIN_INLIERS = 4  # there: copies had >= 10, 97% of distinct project candidates < 6
+RANSAC_ITERATIONS = 1000
+SCREEN_ITERATIONS = 1000  # RANSAC's in the screen
 SCREEN_BELOW_VOTES = 16  # pairs with fewer descriptor votes are screened first (same-pose look-alikes pass it)
 REGISTERED_PER_IMAGE = 2  # only each image's best pairs by inliers are registered in full
 SHORTCUT_ATTRIBUTES = ("format", "mode", "width", "height")
@@ -142,7 +144,7 @@ DROPPED_FILE = "dedupe_dropped.csv"
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """What the audit knows of one file; `phash` is one hex string per flip (none, h, v, both)."""
+    """What the audit knows of one file."""
 
     split: str
     label: int
@@ -153,7 +155,6 @@ class ImageRecord:
     height: int
     bytes: int
     sha256: str
-    phash: tuple[str, ...]
     error: str = ""
 
     @property
@@ -162,29 +163,7 @@ class ImageRecord:
 
 
 # ---------------------------------------------------------------------------------------------
-# Fingerprints: a perceptual hash per image and its grey thumbnail
-
-
-def _dct_matrix(n: int) -> np.ndarray:
-    k = np.arange(n)[:, None]
-    i = np.arange(n)[None, :]
-    matrix = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2 / n)
-    matrix[0] /= np.sqrt(2)
-    return matrix
-
-
-_DCT = _dct_matrix(HASH_SIDE)
-_FLIPS = (lambda x: x, lambda x: x[..., ::-1], lambda x: x[..., ::-1, :], lambda x: x[..., ::-1, ::-1])
-
-
-def perceptual_hashes(grey: np.ndarray) -> tuple[str, ...]:
-    """64-bit DCT hashes (pHash) of a HASH_SIDE-square grey image and of its three flips, as hex."""
-    hashes = []
-    for flip in _FLIPS:
-        low = (_DCT @ flip(grey.astype(np.float64)) @ _DCT.T)[:HASH_BITS, :HASH_BITS].ravel()
-        bits = low[1:] > np.median(low[1:])  # the DC term only measures brightness
-        hashes.append(f"{int(''.join('1' if b else '0' for b in bits), 2):016x}")
-    return tuple(hashes)
+# Fingerprints: each image's grey thumbnail and local features
 
 
 @dataclass
@@ -286,11 +265,10 @@ def _inspect(root: Path, split: str, label: int, decoded: DecodedFile) -> tuple[
     """The record, thumbnail and local features of one file read by `read_image_file`."""
     relative = str(decoded.path.relative_to(root))
     if decoded.image is None:
-        return ImageRecord(split, label, relative, "", "", 0, 0, decoded.num_bytes, decoded.sha256, (), decoded.reason), None
+        return ImageRecord(split, label, relative, "", "", 0, 0, decoded.num_bytes, decoded.sha256, decoded.reason), None
     grey = _grey(decoded)
-    hashes = perceptual_hashes(np.asarray(grey.resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BOX)))
     record = ImageRecord(
-        split, label, relative, decoded.format, decoded.mode, decoded.width, decoded.height, decoded.num_bytes, decoded.sha256, hashes
+        split, label, relative, decoded.format, decoded.mode, decoded.width, decoded.height, decoded.num_bytes, decoded.sha256
     )
     pixels, box = thumbnail(grey)
     return record, (pixels, box, local_features(grey), log_polar_fft(pixels, box), moment_views(pixels, box))
@@ -496,33 +474,64 @@ def match(a: np.ndarray, b: np.ndarray, check: "GeometricCheck") -> Match:
     similarity, both at the same scale (`compare_side`), then compare their fine detail over the
     overlap and patch by patch. A copy matches everywhere, up to its re-encoding and noise;
     another radiograph of the same pose matches along its shared edges but not in its texture,
-    and an unrelated one in neither."""
-    import cv2
-
+    and an unrelated one in neither. A pair laid well enough to be one (detail >=
+    MIN_REFINE_DETAIL) but not confirmed is laid again after ECC refines the similarity
+    (`_refined`): the ORB matches of a scaled, turned, re-encoded copy fix it only to a pixel or
+    two, and a pixel off is its texture lost."""
     inliers = check.inliers
     if check.transform is None:
         return Match(-1.0, -1.0, inliers)
     transform = _native_transform(check.transform, check.sizes, a.shape, b.shape)
     a, b = a.astype(np.float32), b.astype(np.float32)
     b_view = np.ascontiguousarray(b[:, ::-1]) if check.mirror else b
+    scores = _laid(a, b_view, transform)
+    if scores is not None and scores[0] >= MIN_REFINE_DETAIL and not Match(*scores).confirms():
+        refined = _refined(a, b_view, transform)
+        if refined is not None:
+            scores = _laid(a, b_view, refined) or scores
+    if scores is None:
+        return Match(-1.0, -1.0, inliers)
+    return Match(round(scores[0], 4), round(scores[1], 4), inliers)
+
+
+def _laid(a: np.ndarray, b_view: np.ndarray, transform: np.ndarray) -> tuple[float, float] | None:
+    """Detail and texture correlation of b laid on a by `transform` (b's pixels to a's), or
+    None when they overlap on less than MIN_OVERLAP of the smaller image."""
+    import cv2
+
     size = (a.shape[1], a.shape[0])
     laid = cv2.warpAffine(b_view, transform, size, flags=cv2.INTER_LINEAR)
     inside = cv2.warpAffine(np.ones_like(b_view, np.uint8), transform, size, flags=cv2.INTER_NEAREST)
     inside = cv2.erode(inside, np.ones((5, 5), np.uint8)) > 0  # interpolated border pixels out
-    if inside.sum() < MIN_OVERLAP * min(a.size, b.size):
-        return Match(-1.0, -1.0, inliers)
+    if inside.sum() < MIN_OVERLAP * min(a.size, b_view.size):
+        return None
     detail = float(_correlation(_band(a, DETAIL_BAND)[inside], _band(laid, DETAIL_BAND)[inside]))
     patches = _patch_correlations(_band(a, TEXTURE_BAND), _band(laid, TEXTURE_BAND), inside)
-    texture = float(np.percentile(patches, 25)) if len(patches) >= 4 else -1.0
-    return Match(round(detail, 4), round(texture, 4), inliers)
+    return detail, float(np.percentile(patches, 25)) if len(patches) >= 4 else -1.0
+
+
+def _refined(a: np.ndarray, b_view: np.ndarray, transform: np.ndarray) -> np.ndarray | None:
+    """`transform` refined by ECC (an affine map maximising the correlation of the two images,
+    lightly smoothed), or None when ECC does not converge or moves a corner of b by more than
+    MAX_REFINE_SHIFT px: a refinement, not a search."""
+    import cv2
+
+    inverse = cv2.invertAffineTransform(transform).astype(np.float32)  # ECC maps a's pixels to b's
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, REFINE_ITERATIONS, 1e-5)
+    try:
+        _, inverse = cv2.findTransformECC(a, b_view, inverse, cv2.MOTION_AFFINE, criteria, None, 5)
+    except cv2.error:  # did not converge
+        return None
+    refined = cv2.invertAffineTransform(inverse)
+    height, width = b_view.shape
+    corners = np.array([[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1], [width - 1, height - 1, 1]], np.float64)
+    if np.abs(corners @ (refined - transform).T).max() > MAX_REFINE_SHIFT:
+        return None
+    return refined.astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
 # Duplicates
-
-
-def _popcount(values: np.ndarray) -> np.ndarray:
-    return np.bitwise_count(values)
 
 
 def log_polar_fft(pixels: np.ndarray, box: Sequence[int]) -> np.ndarray:
@@ -589,41 +598,36 @@ def _frame_neighbours(views: np.ndarray, rows: np.ndarray, keep: int) -> np.ndar
 def _candidates(
     records: Sequence[ImageRecord], thumbs: Thumbnails, chunk: int = 512
 ) -> tuple[set[tuple[int, int]], "DescriptorVotes | None"]:
-    """Pairs (i < j) worth registering: close perceptual hashes under some flip (re-encoded,
-    resized, flipped copies), and each image's CANDIDATES best of its SHORTLIST nearest
+    """Pairs (i < j) worth registering: each image's CANDIDATES best of its SHORTLIST nearest
     neighbours by the shift-, rotation-, scale- and mirror-free spectrum, ranked by how well
-    their log-polar spectra correlate (turned, scaled, shifted, cropped copies), and each image's
-    FRAME_CANDIDATES nearest in its moment frame (`moment_views`: smooth images scaled and turned)."""
+    their log-polar spectra correlate (turned, scaled, shifted, cropped copies); its
+    FRAME_CANDIDATES nearest in its moment frame (`moment_views`: smooth images scaled and
+    turned); and its VOTED_PER_IMAGE partners by ORB descriptor votes (`descriptor_votes`,
+    counted on a second thread meanwhile: textured copies among look-alikes)."""
     usable = np.array([i for i, r in enumerate(records) if not r.error], dtype=np.int64)
     if len(usable) < 2:
         return set(), None
-    hashes = np.array([[int(h, 16) for h in records[i].phash] for i in usable], dtype=np.uint64)
     polar = thumbs.spectra[usable]
     invariants = _invariants(polar)
     views = thumbs.frames[usable]
     frame_keep = min(FRAME_CANDIDATES, len(usable) - 1)
     shortlist, keep = min(SHORTLIST, len(usable) - 1), min(CANDIDATES, len(usable) - 1)
-    hash_keep = min(HASH_CANDIDATES, len(usable) - 1)
-    pairs: set[tuple[int, int]] = set()
-    for start in range(0, len(usable), chunk):
-        rows = np.arange(start, min(start + chunk, len(usable)))
-        bits = _popcount(hashes[rows, 0][:, None, None] ^ hashes[None, :, :]).min(-1)
-        bits[np.arange(len(rows)), rows] = 64
-        closest = np.argpartition(bits, hash_keep - 1, axis=1)[:, :hash_keep]
-        close = [(r, n) for r, n in zip(np.repeat(np.arange(len(rows)), hash_keep), closest.ravel()) if bits[r, n] <= HASH_CANDIDATE_BITS]
-        similarity = invariants[rows] @ invariants.T
-        similarity[np.arange(len(rows)), rows] = -np.inf
-        nearest = np.argpartition(-similarity, shortlist - 1, axis=1)[:, :shortlist]
-        peaks = rotation_scale_peaks(np.repeat(polar[rows], shortlist, 0), polar[nearest.ravel()]).reshape(len(rows), shortlist)
-        best = np.take_along_axis(nearest, np.argsort(-peaks, axis=1)[:, :keep], 1)
-        close += [(r, n) for r in range(len(rows)) for n in best[r]]
-        close += [(r, n) for r, neighbours in enumerate(_frame_neighbours(views, rows, frame_keep)) for n in neighbours]
-        for a, b in close:
-            i, j = int(usable[rows[a]]), int(usable[b])
-            if i != j:
-                pairs.add((min(i, j), max(i, j)))
-    votes = descriptor_votes(thumbs, usable)
-    return pairs | votes.best_pairs(), votes
+    close: list[np.ndarray] = []
+    with ThreadPoolExecutor(max_workers=1) as background:
+        voting = background.submit(descriptor_votes, thumbs, usable)
+        for start in range(0, len(usable), chunk):
+            rows = np.arange(start, min(start + chunk, len(usable)))
+            similarity = invariants[rows] @ invariants.T
+            similarity[np.arange(len(rows)), rows] = -np.inf
+            nearest = np.argpartition(-similarity, shortlist - 1, axis=1)[:, :shortlist]
+            peaks = rotation_scale_peaks(np.repeat(polar[rows], shortlist, 0), polar[nearest.ravel()]).reshape(len(rows), shortlist)
+            best = np.take_along_axis(nearest, np.argsort(-peaks, axis=1)[:, :keep], 1)
+            close += [np.stack([np.repeat(rows, keep), best.ravel()], 1)]
+            close += [np.stack([np.repeat(rows, frame_keep), _frame_neighbours(views, rows, frame_keep).ravel()], 1)]
+        votes = voting.result()
+    found = usable[np.concatenate(close)]
+    found = np.unique(np.sort(found[found[:, 0] != found[:, 1]], axis=1), axis=0)
+    return {(int(i), int(j)) for i, j in found} | votes.best_pairs(), votes
 
 
 @dataclass(frozen=True)
@@ -640,11 +644,13 @@ class DescriptorVotes:
     consistent: np.ndarray
 
     def best_pairs(self) -> set[tuple[int, int]]:
-        """Each image's VOTED_PER_IMAGE partners with the most consistent votes."""
+        """Each image's VOTED_PER_IMAGE partners with the most consistent votes (of equals, those
+        with the most votes in all: a copy's few votes tie with hundreds of look-alikes')."""
         n = len(self.usable)
         ends = np.concatenate([self.pairs // n, self.pairs % n])
         index = np.tile(np.arange(len(self.pairs)), 2)
-        order = np.lexsort((index, -np.tile(self.consistent, 2), ends))  # by image, most votes first, ties by pair
+        total = np.tile(self.direct + self.mirror, 2)
+        order = np.lexsort((index, -total, -np.tile(self.consistent, 2), ends))  # by image, most votes first
         ends = ends[order]
         rank = np.arange(len(ends)) - np.searchsorted(ends, ends)  # place among the image's partners
         chosen = self.pairs[np.unique(index[order][rank < VOTED_PER_IMAGE])]
@@ -756,7 +762,8 @@ def geometric_check(
         points, descriptors = (b.mirror_points, b.mirror_descriptors) if mirror else (b.points, b.descriptors)
         if (
             screen
-            and _similarity_inliers(a.points[::SCREEN_STRIDE], a.descriptors[::SCREEN_STRIDE], points, descriptors)[0] < SCREEN_MIN_INLIERS
+            and _similarity_inliers(a.points[::SCREEN_STRIDE], a.descriptors[::SCREEN_STRIDE], points, descriptors, SCREEN_ITERATIONS)[0]
+            < SCREEN_MIN_INLIERS
         ):
             continue
         inliers, transform = _similarity_inliers(a.points, a.descriptors, points, descriptors)
@@ -768,16 +775,19 @@ def geometric_check(
 def cross_checked_matches(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Indices (into a, into b) of descriptor pairs that are each other's nearest by Hamming
     distance, within MAX_DESCRIPTOR_DISTANCE: OpenCV's cross-checked brute force (first of equals
-    on a tie), counted as one matrix product of the descriptors' bits (1.7x faster)."""
-    a_bits, b_bits = (np.unpackbits(d, axis=1).astype(np.float32) for d in (a, b))
-    distance = a_bits.sum(1)[:, None] + b_bits.sum(1)[None, :] - 2 * (a_bits @ b_bits.T)
-    forward, backward = distance.argmin(1), distance.argmin(0)
-    query = np.nonzero((backward[forward] == np.arange(len(a))) & (distance[np.arange(len(a)), forward] <= MAX_DESCRIPTOR_DISTANCE))[0]
+    on a tie), from one matrix product of the descriptors' bits as +-1: their dot product is
+    the bit count less twice the Hamming distance (twice as fast as OpenCV's)."""
+    a_signs, b_signs = (np.unpackbits(d, axis=1).astype(np.float32) * 2 - 1 for d in (a, b))
+    agreement = a_signs @ b_signs.T  # 8 * bytes - 2 * Hamming distance
+    forward, backward = agreement.argmax(1), agreement.argmax(0)
+    bits = 8 * a.shape[1]
+    close = agreement[np.arange(len(a)), forward] >= bits - 2 * MAX_DESCRIPTOR_DISTANCE
+    query = np.nonzero((backward[forward] == np.arange(len(a))) & close)[0]
     return query, forward[query]
 
 
 def _similarity_inliers(
-    a_points: np.ndarray, a_descriptors: np.ndarray, points: np.ndarray, descriptors: np.ndarray
+    a_points: np.ndarray, a_descriptors: np.ndarray, points: np.ndarray, descriptors: np.ndarray, iterations: int = RANSAC_ITERATIONS
 ) -> tuple[int, np.ndarray | None]:
     """RANSAC inliers and transform of the cross-checked matches, when the transform is a copy's."""
     import cv2
@@ -788,7 +798,7 @@ def _similarity_inliers(
     if len(query) < 4:
         return 0, None
     source, target = points[train], a_points[query]
-    transform, inliers = cv2.estimateAffinePartial2D(source, target, method=cv2.RANSAC, ransacReprojThreshold=3.0, maxIters=1000)
+    transform, inliers = cv2.estimateAffinePartial2D(source, target, method=cv2.RANSAC, ransacReprojThreshold=3.0, maxIters=iterations)
     if transform is None:
         return 0, None
     turn = abs(np.degrees(np.arctan2(transform[1, 0], transform[0, 0])))
@@ -813,7 +823,9 @@ def near_duplicate_scores(
 ) -> dict[tuple[int, int], Match]:
     """The `match` of the candidate pairs of distinct files that pass the geometric check, each
     file decoded once more at the pair's `compare_side` (only files in such pairs)."""
+    started = time.perf_counter()
     candidates, votes = _candidates(records, thumbs)
+    proposed = time.perf_counter()
     pairs = [(i, j) for i, j in sorted(candidates) if records[i].sha256 != records[j].sha256]
     workers = num_workers or min(8, os.cpu_count() or 1)
 
@@ -827,8 +839,10 @@ def near_duplicate_scores(
     from threadpoolctl import threadpool_limits
 
     # matching is small matrix products, one a thread: BLAS's own threads on top of them halve the speed
+    batches = [pairs[k : k + 256] for k in range(0, len(pairs), 256)]  # a future a pair costs a tenth of its check
     with threadpool_limits(1), ThreadPoolExecutor(max_workers=workers) as pool:
-        checks = dict(zip(pairs, pool.map(check, pairs)))
+        checks = dict(zip(pairs, (c for batch in pool.map(lambda b: [check(pair) for pair in b], batches) for c in batch)))
+    checked = time.perf_counter()
     chosen = sorted(_best_per_image({pair: check.inliers for pair, check in checks.items()}))
     sides = {pair: compare_side(records[pair[0]], records[pair[1]]) for pair in chosen}
     needed = sorted({(i, side) for pair, side in sides.items() for i in pair})
@@ -842,7 +856,16 @@ def near_duplicate_scores(
         return match(a, b, checks[pair])
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return dict(zip(chosen, pool.map(confirm, chosen)))
+        scores = dict(zip(chosen, pool.map(confirm, chosen)))
+    logger.debug(
+        "Near-duplicate search: %d candidates in %.1f s, checked in %.1f s, %d registered in %.1f s",
+        len(pairs),
+        proposed - started,
+        checked - proposed,
+        len(chosen),
+        time.perf_counter() - checked,
+    )
+    return scores
 
 
 def duplicate_groups(
