@@ -103,7 +103,7 @@ FRAME_SPAN = 2.0  # the frame reaches this many spreads of the bright structure 
 FRAME_BLUR = 1.5  # px of the thumbnail: noise and JPEG blocks out of the moments
 FRAME_CANDIDATES = 4  # each image's nearest in the moment frame become candidates (3 missed a copy the 4th found)
 MIN_OVERLAP = 0.3  # of the smaller image's area, after registration
-MIN_REFINE_DETAIL = 0.5  # pairs laid at least this well by the ORB similarity, but not confirmed, are refined (ECC)
+MIN_REFINE_DETAIL = 0.5  # pairs laid at least this well by the ORB similarity, but not confirmed, are shifted by ECC
 REFINE_ITERATIONS = 50
 MAX_REFINE_SHIFT = 4.0  # px at `compare_side`: how far ECC may shift the laid image
 DETAIL_BAND = (0.7, 2.0)  # the fine detail compared: Gaussian sigmas (px at `compare_side`) of a band-pass
@@ -477,9 +477,9 @@ def match(a: np.ndarray, b: np.ndarray, check: "GeometricCheck") -> Match:
     overlap and patch by patch. A copy matches everywhere, up to its re-encoding and noise;
     another radiograph of the same pose matches along its shared edges but not in its texture,
     and an unrelated one in neither. A pair laid well enough to be one (detail >=
-    MIN_REFINE_DETAIL) but not confirmed is laid again after ECC refines the similarity
-    (`_refined`): the ORB matches of a scaled, turned, re-encoded copy fix it only to a pixel or
-    two, and a pixel off is its texture lost."""
+    MIN_REFINE_DETAIL) but not confirmed is laid again after ECC shifts it (`_refined`): the
+    ORB matches of a scaled, turned, re-encoded copy fix it only to a pixel or two, and a pixel
+    off is its texture lost."""
     inliers = check.inliers
     if check.transform is None:
         return Match(-1.0, -1.0, inliers)
