@@ -40,7 +40,7 @@
   an unrelated image that happens to share a few edges, in neither. Measured in
   benchmarks/README.md ("Audit accuracy"; six sets of 1,550 images, two generators, version 10):
   copies confirmed at detail >= 0.82 and texture >= 0.15 (one copy with noise sigma 6, JPEG 67
-  and a 0.81 resize stays at texture 0.13: missed); distinct pairs registered, detail <= 0.88
+  and a 0.81 resize stays at texture 0.06: missed); distinct pairs registered, detail <= 0.88
   with texture <= 0.02 where the detail passes, same-pose look-alikes detail <= 0.78. The margin
   shrinks with resolution: on look-alikes of the same pose at 176 px one distinct pair of 300
   images passed, and below ~128 px their texture is gone and they cannot be told from copies.
@@ -90,7 +90,7 @@ from fracture_models.records import write_json
 
 logger = logging.getLogger(__name__)
 
-AUDIT_VERSION = 10  # 10: matching by one matrix product, spectra and frames on the scan threads; 9: candidates in the moment frame; 8: keypoints at their pixel centres, similarity mapped per axis
+AUDIT_VERSION = 10  # 10: ECC shift refinement, registered from 12 inliers, 4 frame candidates, no hash channel; 9: candidates in the moment frame; 8: keypoints at their pixel centres, similarity mapped per axis
 THUMB_SIDE = 128  # the grey thumbnail kept per image (uint8, aspect kept, centred on a square)
 COARSE_SIDE = 64  # log-polar spectra are taken at half the thumbnail's resolution
 LOG_POLAR_SHAPE = (64, 32)  # angles over 180 degrees x log-spaced radii of the spectrum
