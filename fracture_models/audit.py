@@ -33,17 +33,21 @@
   pixel off loses the texture that confirms it), and over the overlap the fine detail
   (band-pass 0.7-2.0 px) correlates at >= `DEFAULT_MIN_DETAIL_CORRELATION` (0.80) and the
   finest texture (band-pass 0.5-1.5 px) correlates at >= `MIN_TEXTURE_CORRELATION` (0.15) in 3
-  of 4 of the overlap's 16 px patches. A pair laid at detail >= `MIN_REFINE_DETAIL` but not
-  confirmed is first shifted by ECC (`_refined`, at most `MAX_REFINE_SHIFT` px): the ORB fit
-  of a scaled, turned, re-encoded copy can be a pixel or two off. A copy matches everywhere;
-  another radiograph of the same pose matches along its shared edges but not in its texture;
-  an unrelated image that happens to share a few edges, in neither. Measured in
-  benchmarks/README.md ("Audit accuracy"; six sets of 1,550 images, two generators, version 10):
-  copies confirmed at detail >= 0.82 and texture >= 0.15 (one copy with noise sigma 6, JPEG 67
-  and a 0.81 resize stays at texture 0.06: missed); distinct pairs registered, detail <= 0.88
-  with texture <= 0.02 where the detail passes, same-pose look-alikes detail <= 0.78. The margin
-  shrinks with resolution: on look-alikes of the same pose at 176 px one distinct pair of 300
-  images passed, and below ~128 px their texture is gone and they cannot be told from copies.
+  of 4 of the overlap's 16 px patches, each patch's correlation corrected for the two images'
+  noise (`noise_sigma`: noise added to a copy of a smooth image drowns its finest texture).
+  A pair laid at detail >= `MIN_REFINE_DETAIL` but not confirmed is first corrected by ECC
+  (`_refined`: a similarity moving b's corners at most `MAX_REFINE_SHIFT` px): the ORB fit of
+  a scaled, turned, re-encoded copy can be a pixel or two, or 1.5% in scale, off. When both
+  views of b (plain, mirror image) had >= `MIN_INLIERS` and the better one is not confirmed,
+  the other is laid too. A copy matches everywhere; another radiograph of the same pose
+  matches along its shared edges but not in its texture; an unrelated image that happens to
+  share a few edges, in neither. Measured in benchmarks/README.md ("Audit accuracy", version
+  11; two generators at 128 and 224 px, three draws): copies confirmed at detail >= 0.86 and
+  texture >= 0.15; distinct registered pairs detail <= 0.87 with texture <= 0.05 where the
+  detail passes; same-pose look-alikes laid by the check detail <= 0.82. The margin shrinks
+  with resolution: on look-alikes of the same pose at 176 px one distinct pair of 300 images
+  passed (version 8), and below ~128 px their texture is gone and they cannot be told from
+  copies.
 * A shortcut is a file attribute (format, mode, width, height) whose value predicts the class:
   the majority class of each value is learned on train and scored on val + test, as a model
   learning the shortcut would be. Flagged at a held-out balanced accuracy of at least
@@ -65,7 +69,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -90,7 +94,7 @@ from fracture_models.records import write_json
 
 logger = logging.getLogger(__name__)
 
-AUDIT_VERSION = 10  # 10: ECC shift refinement, registered from 12 inliers, 4 frame candidates, no hash channel; 9: candidates in the moment frame; 8: keypoints at their pixel centres, similarity mapped per axis
+AUDIT_VERSION = 11  # 11: texture corrected for noise, similarity refinement, both views laid; 10: ECC shift refinement, registered from 12 inliers, 4 frame candidates, no hash channel; 9: candidates in the moment frame; 8: keypoints at their pixel centres, similarity mapped per axis
 THUMB_SIDE = 128  # the grey thumbnail kept per image (uint8, aspect kept, centred on a square)
 COARSE_SIDE = 64  # log-polar spectra are taken at half the thumbnail's resolution
 LOG_POLAR_SHAPE = (64, 32)  # angles over 180 degrees x log-spaced radii of the spectrum
@@ -103,13 +107,14 @@ FRAME_SPAN = 2.0  # the frame reaches this many spreads of the bright structure 
 FRAME_BLUR = 1.5  # px of the thumbnail: noise and JPEG blocks out of the moments
 FRAME_CANDIDATES = 4  # each image's nearest in the moment frame become candidates (3 missed a copy the 4th found)
 MIN_OVERLAP = 0.3  # of the smaller image's area, after registration
-MIN_REFINE_DETAIL = 0.5  # pairs laid at least this well by the ORB similarity, but not confirmed, are shifted by ECC
+MIN_REFINE_DETAIL = 0.5  # pairs laid at least this well by the ORB similarity, but not confirmed, are corrected by ECC
 REFINE_ITERATIONS = 50
-MAX_REFINE_SHIFT = 4.0  # px at `compare_side`: how far ECC may shift the laid image
+MAX_REFINE_SHIFT = 4.0  # px at `compare_side`: how far ECC may move a corner of the laid image
 DETAIL_BAND = (0.7, 2.0)  # the fine detail compared: Gaussian sigmas (px at `compare_side`) of a band-pass
 TEXTURE_BAND = (0.5, 1.5)  # the finest texture, compared patch by patch
 TEXTURE_PATCH = 16
 MIN_TEXTURE_STD = 0.5  # grey levels of the band-passed patch: less is clipped or flattened
+MIN_TEXTURE_RELIABILITY = 0.25  # noise at most doubles a patch's correlation per image (0.1-0.5 confirm the same copies)
 DEFAULT_MIN_DETAIL_CORRELATION = 0.80  # see the module docstring for the measured margins
 MIN_TEXTURE_CORRELATION = 0.15
 FEATURE_SIDE = DRAFT_MIN_SIDE  # local features are found on the grey image scaled to this longer side (256 px)
@@ -429,9 +434,14 @@ class Match:
         return self.detail >= min_detail and self.texture >= min_texture
 
 
-def _patch_correlations(a: np.ndarray, b: np.ndarray, inside: np.ndarray) -> np.ndarray:
+def _patch_correlations(a: np.ndarray, b: np.ndarray, inside: np.ndarray, noise: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """Correlation of a and b in each TEXTURE_PATCH square wholly inside the overlap where both
-    have some texture (a copy's shadows clipped to black or flattened by JPEG have none)."""
+    have some texture (a copy's shadows clipped to black or flattened by JPEG have none),
+    corrected for each one's `noise` (its variance in the band): a patch's correlation is
+    divided by the square root of the share of each patch's variance that is not noise (at
+    least MIN_TEXTURE_RELIABILITY), the correlation its signals would have without it. Noise
+    added to a copy of a smooth image drowns its finest texture: measured at 0.03-0.15 on
+    copies laid at detail 0.89-0.96 (sigma 3.6-6)."""
     p = TEXTURE_PATCH
     height, width = (a.shape[0] // p) * p, (a.shape[1] // p) * p
 
@@ -441,7 +451,12 @@ def _patch_correlations(a: np.ndarray, b: np.ndarray, inside: np.ndarray) -> np.
     full = patches(inside).all(1)
     a, b = patches(a)[full], patches(b)[full]
     textured = (a.std(1) >= MIN_TEXTURE_STD) & (b.std(1) >= MIN_TEXTURE_STD)  # not clipped or flattened to nothing
-    return _correlation(a[textured], b[textured])
+    a, b = a[textured], b[textured]
+
+    def reliability(x: np.ndarray, noise_variance: float) -> np.ndarray:
+        return np.clip(1 - noise_variance / x.var(1), MIN_TEXTURE_RELIABILITY, 1)
+
+    return np.clip(_correlation(a, b) / np.sqrt(reliability(a, noise[0]) * reliability(b, noise[1])), -1, 1)
 
 
 def native_grey(path: Path, side: int) -> np.ndarray | None:
@@ -477,9 +492,20 @@ def match(a: np.ndarray, b: np.ndarray, check: "GeometricCheck") -> Match:
     overlap and patch by patch. A copy matches everywhere, up to its re-encoding and noise;
     another radiograph of the same pose matches along its shared edges but not in its texture,
     and an unrelated one in neither. A pair laid well enough to be one (detail >=
-    MIN_REFINE_DETAIL) but not confirmed is laid again after ECC shifts it (`_refined`): the
+    MIN_REFINE_DETAIL) but not confirmed is laid again after ECC corrects it (`_refined`): the
     ORB matches of a scaled, turned, re-encoded copy fix it only to a pixel or two, and a pixel
-    off is its texture lost."""
+    off is its texture lost. When both views of b had >= MIN_INLIERS and the better one is not
+    confirmed, the other is laid too: a nearly symmetric bone's mirror image can have more
+    inliers than the copy's own view."""
+    laid = _match_view(a, b, check)
+    if check.other_view is None or laid.confirms():
+        return laid
+    other = _match_view(a, b, check.other_view)
+    return replace(other if other.confirms() or other.detail > laid.detail else laid, inliers=check.inliers)
+
+
+def _match_view(a: np.ndarray, b: np.ndarray, check: "GeometricCheck") -> Match:
+    """`match` for the view of b that `check` found (its plain or mirror image)."""
     inliers = check.inliers
     if check.transform is None:
         return Match(-1.0, -1.0, inliers)
@@ -508,25 +534,56 @@ def _laid(a: np.ndarray, b_view: np.ndarray, transform: np.ndarray) -> tuple[flo
     if inside.sum() < MIN_OVERLAP * min(a.size, b_view.size):
         return None
     detail = float(_correlation(_band(a, DETAIL_BAND)[inside], _band(laid, DETAIL_BAND)[inside]))
-    patches = _patch_correlations(_band(a, TEXTURE_BAND), _band(laid, TEXTURE_BAND), inside)
+    noise = (
+        _band_noise_variance(a, np.eye(2, 3, dtype=np.float32), size, inside),
+        _band_noise_variance(b_view, transform, size, inside),
+    )
+    patches = _patch_correlations(_band(a, TEXTURE_BAND), _band(laid, TEXTURE_BAND), inside, noise)
     return detail, float(np.percentile(patches, 25)) if len(patches) >= 4 else -1.0
 
 
-def _refined(a: np.ndarray, b_view: np.ndarray, transform: np.ndarray) -> np.ndarray | None:
-    """`transform` shifted by ECC (the shift that maximises the correlation of the two images,
-    lightly smoothed), or None when ECC does not converge or shifts by more than
-    MAX_REFINE_SHIFT px: a refinement, not a search. Only a shift: refined as an affine map,
-    same-pose look-alikes of the second benchmark generator reached detail 0.89 (0.78 shifted
-    only) and texture 0.12, against the thresholds 0.80 and 0.15."""
+def noise_sigma(image: np.ndarray) -> float:
+    """The standard deviation of an image's white noise (Immerkaer 1996: the mean absolute
+    response to a Laplacian difference that cancels smooth structure)."""
     import cv2
 
-    inverse = cv2.invertAffineTransform(transform).astype(np.float32)  # ECC maps a's pixels to b's
+    kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+    response = cv2.filter2D(image.astype(np.float32), -1, kernel)[1:-1, 1:-1]
+    return float(np.sqrt(np.pi / 2) * np.abs(response).mean() / 6)
+
+
+def _band_noise_variance(image: np.ndarray, transform: np.ndarray, size: tuple[int, int], inside: np.ndarray) -> float:
+    """The variance the image's noise (`noise_sigma`) has in TEXTURE_BAND once laid by
+    `transform`: white noise of that sigma, warped and band-passed as the image is."""
+    import cv2
+
+    unit = np.random.default_rng(0).standard_normal(image.shape).astype(np.float32)
+    laid = cv2.warpAffine(unit, transform, size, flags=cv2.INTER_LINEAR)
+    return noise_sigma(image) ** 2 * float(_band(laid, TEXTURE_BAND)[inside].var())
+
+
+def _refined(a: np.ndarray, b_view: np.ndarray, transform: np.ndarray) -> np.ndarray | None:
+    """`transform` corrected by ECC on b as laid (the similarity nearest to the affine map that
+    maximises the two images' correlation, lightly smoothed), or None when ECC does not
+    converge or moves any corner of b by more than MAX_REFINE_SHIFT px: a refinement, not a
+    search. A similarity, not the affine map itself: refined affinely, same-pose look-alikes
+    of the second benchmark generator reached detail 0.89 and texture 0.12 (thresholds 0.80
+    and 0.15); as a similarity, detail 0.82 with texture 0.02, and a shift alone missed copies
+    whose ORB scale was 1.5% off (benchmarks/README.md, version 11)."""
+    import cv2
+
+    size = (a.shape[1], a.shape[0])
+    laid = cv2.warpAffine(b_view, transform, size, flags=cv2.INTER_LINEAR)
+    inside = cv2.warpAffine(np.ones_like(b_view, np.uint8), transform, size, flags=cv2.INTER_NEAREST)
+    inside = cv2.erode(inside, np.ones((5, 5), np.uint8))
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, REFINE_ITERATIONS, 1e-5)
-    try:
-        _, inverse = cv2.findTransformECC(a, b_view, inverse, cv2.MOTION_TRANSLATION, criteria, None, 5)
+    try:  # the map from a's pixels to laid b's
+        _, warp = cv2.findTransformECC(a, laid, np.eye(2, 3, dtype=np.float32), cv2.MOTION_AFFINE, criteria, inside, 5)
     except cv2.error:  # did not converge
         return None
-    refined = cv2.invertAffineTransform(inverse)
+    cos, sin = (warp[0, 0] + warp[1, 1]) / 2, (warp[1, 0] - warp[0, 1]) / 2
+    similarity = np.array([[cos, -sin, warp[0, 2]], [sin, cos, warp[1, 2]], [0, 0, 1]], np.float64)
+    refined = (np.linalg.inv(similarity) @ np.vstack([transform, [0, 0, 1]]))[:2]
     height, width = b_view.shape
     corners = np.array([[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1], [width - 1, height - 1, 1]], np.float64)
     if np.abs(corners @ (refined - transform).T).max() > MAX_REFINE_SHIFT:
@@ -753,6 +810,7 @@ class GeometricCheck:
     mirror: bool = False
     transform: np.ndarray | None = None
     sizes: tuple[tuple[int, int], tuple[int, int]] = ((FEATURE_SIDE, FEATURE_SIDE),) * 2  # a's and b's feature images (width, height)
+    other_view: "GeometricCheck | None" = None  # the other view's, when it too has >= MIN_INLIERS
 
 
 def geometric_check(
@@ -763,7 +821,7 @@ def geometric_check(
     by RANSAC, and that transform; 0 inliers when the best transform is not a copy's. With
     `screen`, a view is first matched from every SCREEN_STRIDE-th descriptor of a's and dropped
     below SCREEN_MIN_INLIERS there."""
-    best = GeometricCheck(0)
+    views = []
     for mirror in orientations:
         points, descriptors = (b.mirror_points, b.mirror_descriptors) if mirror else (b.points, b.descriptors)
         if (
@@ -773,9 +831,14 @@ def geometric_check(
         ):
             continue
         inliers, transform = _similarity_inliers(a.points, a.descriptors, points, descriptors)
-        if inliers > best.inliers:
-            best = GeometricCheck(inliers, mirror, transform, (a.size, b.size))
-    return best
+        if inliers:
+            views.append(GeometricCheck(inliers, mirror, transform, (a.size, b.size)))
+    views.sort(key=lambda view: -view.inliers)
+    if not views:
+        return GeometricCheck(0)
+    if len(views) > 1 and views[1].inliers >= MIN_INLIERS:  # a symmetric bone's mirror image can outscore the copy's own view
+        return replace(views[0], other_view=views[1])
+    return views[0]
 
 
 def cross_checked_matches(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

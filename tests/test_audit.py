@@ -207,8 +207,8 @@ def test_descriptor_matches_are_opencvs_cross_checked_brute_force():
 
 def test_a_copy_laid_a_pixel_off_is_shifted_onto_its_source_and_a_look_alike_is_not_confirmed():
     """The ORB similarity of a re-encoded, scaled copy can be a pixel or two off, and a pixel off
-    is its texture lost; the refinement (a shift found by ECC) lays it back. The same refinement
-    does not make another radiograph a copy."""
+    is its texture lost; the refinement (a similarity found by ECC) lays it back. The same
+    refinement does not make another radiograph a copy."""
     import dataclasses
 
     from fracture_models import audit
@@ -228,6 +228,99 @@ def test_a_copy_laid_a_pixel_off_is_shifted_onto_its_source_and_a_look_alike_is_
     assert refined.confirms() and refined.texture >= 0.9
     look_alike = audit.match(pixels, other, off)
     assert not look_alike.confirms()
+
+
+def test_a_copy_laid_at_a_scale_off_by_one_and_a_half_percent_is_laid_back_by_the_similarity_refinement():
+    """ORB's scale for a turned, resized copy can be ~1.5% off: a shift alone does not lay it back."""
+    import dataclasses
+
+    from fracture_models import audit
+    from fracture_models.synthetic import render_radiograph
+
+    rng = np.random.default_rng(7)
+    pixels = np.round(render_radiograph(rng, 224, 224, fractured=False) * 255).astype(np.uint8)
+    check = audit.geometric_check(audit.local_features(Image.fromarray(pixels)), audit.local_features(Image.fromarray(pixels)))
+    centre = np.array([111.5, 111.5])
+    scaled = np.vstack([check.transform, [0, 0, 1]])
+    scaled = (np.array([[1.015, 0, centre[0] * -0.015], [0, 1.015, centre[1] * -0.015], [0, 0, 1]]) @ scaled)[:2].astype(np.float32)
+    off = dataclasses.replace(check, transform=scaled)
+    transform = audit._native_transform(off.transform, off.sizes, pixels.shape, pixels.shape)
+    grey = pixels.astype(np.float32)
+    laid_off = audit._laid(grey, grey, transform)
+    assert laid_off is not None and laid_off[1] < audit.MIN_TEXTURE_CORRELATION  # 1.5% off: texture lost
+    laid_right = audit._laid(grey, grey, audit._native_transform(check.transform, check.sizes, pixels.shape, pixels.shape))
+    assert laid_right is not None and laid_right[1] >= 0.9  # laid right, it is its own copy
+    refined = audit.match(pixels, pixels, off)
+    assert refined.confirms() and refined.texture >= 0.9
+
+
+def test_when_the_mirror_view_has_more_inliers_but_does_not_match_the_copys_own_view_is_laid():
+    """A nearly symmetric bone's mirror image can gain a few more ORB inliers than the copy's own
+    view (25 against 24 on a planted copy): confirmation lays the other view too."""
+    from fracture_models import audit
+    from fracture_models.synthetic import render_radiograph
+
+    rng = np.random.default_rng(11)
+    pixels = np.round(render_radiograph(rng, 224, 224, fractured=True) * 255).astype(np.uint8)
+    features = audit.local_features(Image.fromarray(pixels))
+    own = audit.geometric_check(features, features, (False,))
+    assert own.inliers >= audit.MIN_INLIERS and audit.match(pixels, pixels, own).confirms()
+    mirrored = audit.GeometricCheck(own.inliers + 1, True, own.transform, own.sizes)  # laid as its mirror image: wrong
+    assert not audit.match(pixels, pixels, mirrored).confirms()
+    both = audit.GeometricCheck(own.inliers + 1, True, own.transform, own.sizes, other_view=own)
+    assert audit.match(pixels, pixels, both).confirms()
+    assert audit.match(pixels, pixels, both).inliers == own.inliers + 1
+
+
+def test_the_geometric_check_keeps_both_views_of_a_symmetric_image():
+    from fracture_models import audit
+    from fracture_models.synthetic import render_radiograph
+
+    half = render_radiograph(np.random.default_rng(12), 224, 224, fractured=False)
+    symmetric = np.round((half + half[:, ::-1]) / 2 * 255).astype(np.uint8)
+    features = audit.local_features(Image.fromarray(symmetric))
+    check = audit.geometric_check(features, features)
+    assert check.other_view is not None and check.other_view.mirror != check.mirror
+    assert check.inliers >= check.other_view.inliers >= audit.MIN_INLIERS
+
+
+def test_noise_sigma_is_measured_on_a_smooth_radiograph():
+    from fracture_models import audit
+    from fracture_models.synthetic import render_radiograph
+
+    rng = np.random.default_rng(8)
+    clean = render_radiograph(rng, 224, 224, fractured=True) * 255
+    base = audit.noise_sigma(clean)
+    for sigma in (3.0, 6.0):
+        measured = audit.noise_sigma(clean + rng.normal(0, sigma, clean.shape))
+        assert abs(np.sqrt(max(measured**2 - base**2, 0)) - sigma) < 0.15 * sigma
+
+
+def test_a_noisy_copy_of_a_smooth_image_keeps_its_texture_once_noise_is_allowed_for_and_another_image_does_not():
+    """Noise sigma 8 on a copy of a smooth image drowns its finest texture: the raw patch test
+    fails it; corrected for each image's measured noise it passes, and a distinct image with the
+    same noise still fails."""
+    from scipy.ndimage import gaussian_filter
+
+    from fracture_models import audit
+    from fracture_models.synthetic import render_radiograph
+
+    rng = np.random.default_rng(9)
+    source, other = (np.round(gaussian_filter(render_radiograph(rng, 224, 224, fractured=True) * 255, 1.0)) for _ in range(2))
+    copy, distinct = (np.clip(np.round(x + rng.normal(0, 8, x.shape)), 0, 255).astype(np.float32) for x in (source, other))
+    source = source.astype(np.float32)
+    identity = np.eye(2, 3, dtype=np.float32)
+    inside = np.ones(source.shape, bool)
+    band = audit.TEXTURE_BAND
+
+    def quartile(b: np.ndarray, noise: tuple[float, float]) -> float:
+        return float(np.percentile(audit._patch_correlations(audit._band(source, band), audit._band(b, band), inside, noise), 25))
+
+    noise = tuple(audit._band_noise_variance(x, identity, (224, 224), inside) for x in (source, copy))
+    assert quartile(copy, (0.0, 0.0)) < audit.MIN_TEXTURE_CORRELATION <= quartile(copy, noise)
+    noise = tuple(audit._band_noise_variance(x, identity, (224, 224), inside) for x in (source, distinct))
+    assert quartile(distinct, noise) < 0.05
+    assert audit._laid(source, copy, identity)[1] >= audit.MIN_TEXTURE_CORRELATION
 
 
 # ---------------------------------------------------------------------------------------------
