@@ -42,12 +42,11 @@
   the other is laid too. A copy matches everywhere; another radiograph of the same pose
   matches along its shared edges but not in its texture; an unrelated image that happens to
   share a few edges, in neither. Measured in benchmarks/README.md ("Audit accuracy", version
-  11; two generators at 128 and 224 px, three draws): copies confirmed at detail >= 0.86 and
-  texture >= 0.15; distinct registered pairs detail <= 0.87 with texture <= 0.05 where the
-  detail passes; same-pose look-alikes laid by the check detail <= 0.82. The margin shrinks
-  with resolution: on look-alikes of the same pose at 176 px one distinct pair of 300 images
-  passed (version 8), and below ~128 px their texture is gone and they cannot be told from
-  copies.
+  11; two generators at 128 and 224 px, four draws, 1,050 copies): recall 0.93-0.99 per set;
+  distinct registered pairs reach detail 0.89, and where the detail passes their texture stays
+  <= 0.07 but for one pair of 123 px images (0.26: two radiographs of one pose, a false
+  group). The margin shrinks with resolution: below ~128 px the finest band holds edges and
+  noise but little texture, and two images of one pose can pass for copies.
 * A shortcut is a file attribute (format, mode, width, height) whose value predicts the class:
   the majority class of each value is learned on train and scored on val + test, as a model
   learning the shortcut would be. Flagged at a held-out balanced accuracy of at least
