@@ -524,12 +524,9 @@ def _match_view(a: np.ndarray, b: np.ndarray, check: "GeometricCheck") -> Match:
 def _laid(a: np.ndarray, b_view: np.ndarray, transform: np.ndarray) -> tuple[float, float] | None:
     """Detail and texture correlation of b laid on a by `transform` (b's pixels to a's), or
     None when they overlap on less than MIN_OVERLAP of the smaller image."""
-    import cv2
 
     size = (a.shape[1], a.shape[0])
-    laid = cv2.warpAffine(b_view, transform, size, flags=cv2.INTER_LINEAR)
-    inside = cv2.warpAffine(np.ones_like(b_view, np.uint8), transform, size, flags=cv2.INTER_NEAREST)
-    inside = cv2.erode(inside, np.ones((5, 5), np.uint8)) > 0  # interpolated border pixels out
+    laid, inside = _laid_on(a, b_view, transform)
     if inside.sum() < MIN_OVERLAP * min(a.size, b_view.size):
         return None
     detail = float(_correlation(_band(a, DETAIL_BAND)[inside], _band(laid, DETAIL_BAND)[inside]))
@@ -539,6 +536,16 @@ def _laid(a: np.ndarray, b_view: np.ndarray, transform: np.ndarray) -> tuple[flo
     )
     patches = _patch_correlations(_band(a, TEXTURE_BAND), _band(laid, TEXTURE_BAND), inside, noise)
     return detail, float(np.percentile(patches, 25)) if len(patches) >= 4 else -1.0
+
+
+def _laid_on(a: np.ndarray, b_view: np.ndarray, transform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """b laid on a's pixel grid by `transform`, and where it lies (bool; its interpolated border out)."""
+    import cv2
+
+    size = (a.shape[1], a.shape[0])
+    laid = cv2.warpAffine(b_view, transform, size, flags=cv2.INTER_LINEAR)
+    inside = cv2.warpAffine(np.ones_like(b_view, np.uint8), transform, size, flags=cv2.INTER_NEAREST)
+    return laid, cv2.erode(inside, np.ones((5, 5), np.uint8)) > 0
 
 
 def noise_sigma(image: np.ndarray) -> float:
@@ -571,13 +578,10 @@ def _refined(a: np.ndarray, b_view: np.ndarray, transform: np.ndarray) -> np.nda
     whose ORB scale was 1.5% off (benchmarks/README.md, version 11)."""
     import cv2
 
-    size = (a.shape[1], a.shape[0])
-    laid = cv2.warpAffine(b_view, transform, size, flags=cv2.INTER_LINEAR)
-    inside = cv2.warpAffine(np.ones_like(b_view, np.uint8), transform, size, flags=cv2.INTER_NEAREST)
-    inside = cv2.erode(inside, np.ones((5, 5), np.uint8))
+    laid, inside = _laid_on(a, b_view, transform)
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, REFINE_ITERATIONS, 1e-5)
     try:  # the map from a's pixels to laid b's
-        _, warp = cv2.findTransformECC(a, laid, np.eye(2, 3, dtype=np.float32), cv2.MOTION_AFFINE, criteria, inside, 5)
+        _, warp = cv2.findTransformECC(a, laid, np.eye(2, 3, dtype=np.float32), cv2.MOTION_AFFINE, criteria, inside.astype(np.uint8), 5)
     except cv2.error:  # did not converge
         return None
     cos, sin = (warp[0, 0] + warp[1, 1]) / 2, (warp[1, 0] - warp[0, 1]) / 2
