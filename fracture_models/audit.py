@@ -41,12 +41,13 @@
   views of b (plain, mirror image) had >= `MIN_INLIERS` and the better one is not confirmed,
   the other is laid too. A copy matches everywhere; another radiograph of the same pose
   matches along its shared edges but not in its texture; an unrelated image that happens to
-  share a few edges, in neither. Measured in benchmarks/README.md ("Audit accuracy", version
-  11; two generators at 128 and 224 px, four draws, 1,050 copies): recall 0.93-0.99 per set;
-  distinct registered pairs reach detail 0.89, and where the detail passes their texture stays
-  <= 0.07 but for one pair of 123 px images (0.26: two radiographs of one pose, a false
-  group). The margin shrinks with resolution: below ~128 px the finest band holds edges and
-  noise but little texture, and two images of one pose can pass for copies.
+  share a few edges, in neither. Measured in benchmarks/README.md ("Audit accuracy", versions
+  11 and 12; two generators at 128 and 224 px, five draws): recall 0.94-0.98 per set for
+  version 12; distinct registered pairs reach detail 0.89, and where the detail passes their
+  texture stays <= 0.07 but for two pairs compared small (123 px: 0.26; a copy shrunk to
+  185 px against a look-alike of its source's pose: 0.30), each a false group. The margin
+  shrinks with resolution: at small sizes the finest band holds edges and noise but little
+  texture, and two images of one pose can pass for copies.
 * A shortcut is a file attribute (format, mode, width, height) whose value predicts the class:
   the majority class of each value is learned on train and scored on val + test, as a model
   learning the shortcut would be. Flagged at a held-out balanced accuracy of at least
@@ -62,6 +63,7 @@ import argparse
 import csv
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -93,7 +95,7 @@ from fracture_models.records import write_json
 
 logger = logging.getLogger(__name__)
 
-AUDIT_VERSION = 11  # 11: texture corrected for noise, similarity refinement, both views laid; 10: ECC shift refinement, registered from 12 inliers, 4 frame candidates, no hash channel; 9: candidates in the moment frame; 8: keypoints at their pixel centres, similarity mapped per axis
+AUDIT_VERSION = 12  # 12: moment frames at three spans; 11: texture corrected for noise, similarity refinement, both views laid; 10: ECC shift refinement, registered from 12 inliers, 4 frame candidates, no hash channel; 9: candidates in the moment frame; 8: keypoints at their pixel centres, similarity mapped per axis
 THUMB_SIDE = 128  # the grey thumbnail kept per image (uint8, aspect kept, centred on a square)
 COARSE_SIDE = 64  # log-polar spectra are taken at half the thumbnail's resolution
 LOG_POLAR_SHAPE = (64, 32)  # angles over 180 degrees x log-spaced radii of the spectrum
@@ -103,6 +105,7 @@ SHORTLIST = 16  # nearest neighbours per image by the rotation-, scale- and shif
 CANDIDATES = 2  # of those, the best by log-polar phase correlation are matched in full
 FRAME_SIDE = 16  # the thumbnail resampled in its own moment frame (`moment_views`) to this square
 FRAME_SPAN = 2.0  # the frame reaches this many spreads of the bright structure from its centroid
+FRAME_ZOOMS = (1.0, 1 / 1.15, 1.15)  # each image is also resampled at these spans (a zoomed copy crops the spread)
 FRAME_BLUR = 1.5  # px of the thumbnail: noise and JPEG blocks out of the moments
 FRAME_CANDIDATES = 4  # each image's nearest in the moment frame become candidates (3 missed a copy the 4th found)
 MIN_OVERLAP = 0.3  # of the smaller image's area, after registration
@@ -195,7 +198,7 @@ class Thumbnails:
             [None] * n,
             root,
             np.zeros((n, LOG_POLAR_SHAPE[0], LOG_POLAR_SHAPE[1] // 2 + 1), np.complex64),
-            np.zeros((n, 4, FRAME_SIDE * FRAME_SIDE), np.float32),
+            np.zeros((n, 4 * len(FRAME_ZOOMS), FRAME_SIDE * FRAME_SIDE), np.float32),
         )
 
 
@@ -618,7 +621,10 @@ def moment_views(pixels: np.ndarray, box: Sequence[int]) -> np.ndarray:
     spread. The frame moves with the image under a shift, turn, scale or crop that keeps the
     structure, so a copy is resampled alike where corners (ORB) or the spectrum's magnitudes
     fail: smooth images scaled and turned. The axis has two directions and the frame two
-    hands, so four views [4, FRAME_SIDE**2], each zero-mean and unit-norm; a mirror is one of them."""
+    hands, so four views, each zero-mean and unit-norm; a mirror is one of them. Each is taken
+    at the spans FRAME_ZOOMS too: a copy zoomed in by 1.2 crops its structure, and its spread
+    with it (on copies zoomed 1.17-1.25 that no channel proposed, the nearest at the copy's own
+    span ranked 5th-130th). Views [4 * len(FRAME_ZOOMS), FRAME_SIDE**2], the first at FRAME_SPAN."""
     import cv2
 
     top, left, height, width = box
@@ -627,32 +633,32 @@ def moment_views(pixels: np.ndarray, box: Sequence[int]) -> np.ndarray:
     weight = np.clip(grey - background, 0, None)
     total = float(weight.sum())
     if total <= 0:
-        return np.zeros((4, FRAME_SIDE * FRAME_SIDE), np.float32)
+        return np.zeros((4 * len(FRAME_ZOOMS), FRAME_SIDE * FRAME_SIDE), np.float32)
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     centre = np.array([(weight * xs).sum(), (weight * ys).sum()]) / total
     dx, dy = xs - centre[0], ys - centre[1]
     covariance = np.array([[(weight * dx * dx).sum(), (weight * dx * dy).sum()], [(weight * dx * dy).sum(), (weight * dy * dy).sum()]])
     values, vectors = np.linalg.eigh(covariance / total)
-    step = np.sqrt(max(values.sum(), 1e-6)) * FRAME_SPAN / (FRAME_SIDE / 2)  # thumbnail px per frame px
+    spread = np.sqrt(max(values.sum(), 1e-6))
     views = []
-    for direction in (1, -1):
-        for hand in (1, -1):
-            axis = vectors[:, 1] * direction
-            across = np.array([-axis[1], axis[0]]) * hand
-            to_image = np.zeros((2, 3), np.float32)  # frame px -> thumbnail px
-            to_image[:, 0], to_image[:, 1] = axis * step, across * step
-            to_image[:, 2] = centre - to_image[:, :2] @ np.full(2, FRAME_SIDE / 2 - 0.5)
-            view = cv2.warpAffine(
-                grey, to_image, (FRAME_SIDE, FRAME_SIDE), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=background
-            ).ravel()
-            view -= view.mean()
-            views.append(view / (np.linalg.norm(view) + 1e-6))
+    for zoom, direction, hand in itertools.product(FRAME_ZOOMS, (1, -1), (1, -1)):
+        step = spread * FRAME_SPAN * zoom / (FRAME_SIDE / 2)  # thumbnail px per frame px
+        axis = vectors[:, 1] * direction
+        across = np.array([-axis[1], axis[0]]) * hand
+        to_image = np.zeros((2, 3), np.float32)  # frame px -> thumbnail px
+        to_image[:, 0], to_image[:, 1] = axis * step, across * step
+        to_image[:, 2] = centre - to_image[:, :2] @ np.full(2, FRAME_SIDE / 2 - 0.5)
+        view = cv2.warpAffine(
+            grey, to_image, (FRAME_SIDE, FRAME_SIDE), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=background
+        ).ravel()
+        view -= view.mean()
+        views.append(view / (np.linalg.norm(view) + 1e-6))
     return np.stack(views)
 
 
 def _frame_neighbours(views: np.ndarray, rows: np.ndarray, keep: int) -> np.ndarray:
     """Each of `rows`' `keep` nearest images by the cosine of its first view with the best of
-    the other's four (positions in `views`)."""
+    the other's (four at each of FRAME_ZOOMS; positions in `views`)."""
     first = views[rows, 0]
     similarity = first @ np.ascontiguousarray(views[:, 0]).T
     for k in range(1, views.shape[1]):
