@@ -623,8 +623,9 @@ def moment_views(pixels: np.ndarray, box: Sequence[int]) -> np.ndarray:
     fail: smooth images scaled and turned. The axis has two directions and the frame two
     hands, so four views, each zero-mean and unit-norm; a mirror is one of them. Each is taken
     at the spans FRAME_ZOOMS too: a copy zoomed in by 1.2 crops its structure, and its spread
-    with it (on copies zoomed 1.17-1.25 that no channel proposed, the nearest at the copy's own
-    span ranked 5th-130th). Views [4 * len(FRAME_ZOOMS), FRAME_SIDE**2], the first at FRAME_SPAN."""
+    with it (copies zoomed 1.17-1.25 that no channel proposed ranked 5th-130th among their
+    source's neighbours at one span, 0th-6th at three). Views [4 * len(FRAME_ZOOMS),
+    FRAME_SIDE**2], the first at FRAME_SPAN."""
     import cv2
 
     top, left, height, width = box
