@@ -181,6 +181,28 @@ def test_a_turned_scaled_mirrored_copy_of_a_smooth_image_is_nearest_in_the_momen
     assert audit._frame_neighbours(views, np.array([0]), 1)[0, 0] == 1  # the source
 
 
+def test_a_zoomed_in_copy_is_nearest_in_the_moment_frame_only_with_its_other_spans(monkeypatch):
+    """A copy zoomed in by 1.2 crops its bone, and the frame's spread with it: at the one span
+    it ranks 10th, out of the candidates; with the frame's other spans (FRAME_ZOOMS), first."""
+    import cv2
+
+    from fracture_models import audit
+    from fracture_models.synthetic import render_radiograph
+
+    rng = np.random.default_rng(5)
+    images = [np.round(render_radiograph(rng, 128, 128, fractured=k % 2 == 0) * 255).astype(np.uint8) for k in range(40)]
+    zoomed = cv2.getRotationMatrix2D((70.0, 60.0), -7.0, 1.2)
+    copy = np.ascontiguousarray(cv2.warpAffine(images[0], zoomed, (128, 128), borderMode=cv2.BORDER_REPLICATE))
+
+    def nearest(keep: int) -> np.ndarray:
+        views = np.stack([audit.moment_views(image, (0, 0, 128, 128)) for image in [copy, *images]])
+        return audit._frame_neighbours(views, np.array([0]), keep)[0]
+
+    assert nearest(1)[0] == 1  # the source
+    monkeypatch.setattr(audit, "FRAME_ZOOMS", (1.0,))
+    assert 1 not in nearest(audit.FRAME_CANDIDATES)
+
+
 def test_descriptor_matches_are_opencvs_cross_checked_brute_force():
     """The matrix-product matcher returns exactly the pairs OpenCV's cross-checked Hamming
     brute force does within MAX_DESCRIPTOR_DISTANCE, on descriptors of a real image and of a
