@@ -60,10 +60,10 @@ pays for it once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import functools
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -129,7 +129,8 @@ VOTE_ANGLE_BIN = 30  # degrees: votes agree on a turn within one such bin
 VOTED_PER_IMAGE = 2  # each image's partners with the most consistent votes become candidates
 MIN_DECISIVE_VOTES = 16  # a pair's plain or mirror votes decide which view is matched when this many
 DECISIVE_VOTE_RATIO = 4  # and this many times the other view's
-MAX_DESCRIPTOR_DISTANCE = 64  # of 256 bits, for a descriptor match to enter RANSAC
+DESCRIPTOR_BITS = 256  # ORB's
+MAX_DESCRIPTOR_DISTANCE = 64  # of DESCRIPTOR_BITS, for a descriptor match to enter RANSAC
 MAX_TURN_DEGREES = 12  # the copy's rotation (or 180 degrees more): planted copies turn up to 10
 SCALE_RANGE = (0.65, 1.55)  # the copy's scale: 0.8-1.25 times a crop of up to 8%
 MIN_INLIERS = 12  # geometrically consistent matches before a pair is registered in full (copies: >= 13)
@@ -233,14 +234,26 @@ def _resized(grey: Image.Image, side: int) -> Image.Image:
 
 
 def local_features(grey: Image.Image) -> LocalFeatures:
-    """ORB on the grey image scaled to FEATURE_SIDE and on its mirror image."""
+    """ORB on the grey image scaled to FEATURE_SIDE and on its mirror image. ORB finds the mirror
+    image's keypoints where the image's lie, mirrored (FAST and Harris are symmetric: all of
+    26,631 on 100 images, and all but one descriptor bit for bit), so the mirror image's are
+    only described there, which saves a second detection."""
     import cv2
 
     pixels = np.asarray(_resized(grey, FEATURE_SIDE))
+    mirror = np.ascontiguousarray(pixels[:, ::-1])
     orb = cv2.ORB_create(nfeatures=ORB_FEATURES, scaleFactor=ORB_SCALE, nlevels=6, edgeThreshold=15, patchSize=15, fastThreshold=5)
+    keypoints, descriptors = orb.detectAndCompute(pixels, None)
+    level_widths = np.round(pixels.shape[1] / ORB_SCALE ** np.arange(8))
+    mirrored = [
+        cv2.KeyPoint(
+            (level_widths[k.octave] - 1) * ORB_SCALE**k.octave - k.pt[0], k.pt[1], k.size, (180 - k.angle) % 360, k.response, k.octave
+        )
+        for k in keypoints
+    ]
+    mirror_keypoints, mirror_descriptors = orb.compute(mirror, mirrored) if mirrored else ((), None)
     found, poses = [], []
-    for view in (pixels, np.ascontiguousarray(pixels[:, ::-1])):
-        keypoints, descriptors = orb.detectAndCompute(view, None)
+    for view, keypoints, descriptors in ((pixels, keypoints, descriptors), (mirror, mirror_keypoints, mirror_descriptors)):
         levels = np.array([k.octave for k in keypoints], np.int8)
         found += [
             _pixel_centred(np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2), levels, view.shape),
@@ -287,6 +300,22 @@ def _files(root: Path) -> list[tuple[str, Path, int]]:
     return [(split, path, label) for split in SPLITS for path, label in list_split_files(root, split)]
 
 
+@contextlib.contextmanager
+def one_thread_per_task():
+    """OpenCV's and BLAS's own threads held to one while the audit runs one task per thread:
+    on top of its threads they cost the scan 15% and the descriptor products 1.8x."""
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        cv2.setNumThreads(before)
+
+
 class Inspector:
     """Inspects the files another reader decodes anyway (`visit`, for the loader's decode threads),
     so that a first job decodes each file once; `scan` then decodes only the files it did not see."""
@@ -316,7 +345,7 @@ def scan(
         split, path, label = job
         return inspected.get(path) or _inspect(root, split, label, read_image_file(path, FEATURE_SIDE))
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with one_thread_per_task(), ThreadPoolExecutor(max_workers=workers) as pool:
         results: Iterable = pool.map(inspect, jobs)
         if progress:
             from tqdm import tqdm
@@ -631,41 +660,44 @@ def moment_views(pixels: np.ndarray, box: Sequence[int]) -> np.ndarray:
     top, left, height, width = box
     grey = cv2.GaussianBlur(pixels[top : top + height, left : left + width].astype(np.float32), (0, 0), FRAME_BLUR)
     background = float(np.median(grey))
-    weight = np.clip(grey - background, 0, None)
-    total = float(weight.sum())
+    moments = cv2.moments(np.clip(grey - background, 0, None))
+    total = moments["m00"]
     if total <= 0:
         return np.zeros((4 * len(FRAME_ZOOMS), FRAME_SIDE * FRAME_SIDE), np.float32)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    centre = np.array([(weight * xs).sum(), (weight * ys).sum()]) / total
-    dx, dy = xs - centre[0], ys - centre[1]
-    covariance = np.array([[(weight * dx * dx).sum(), (weight * dx * dy).sum()], [(weight * dx * dy).sum(), (weight * dy * dy).sum()]])
+    centre = np.array([moments["m10"], moments["m01"]]) / total
+    covariance = np.array([[moments["mu20"], moments["mu11"]], [moments["mu11"], moments["mu02"]]])
     values, vectors = np.linalg.eigh(covariance / total)
     spread = np.sqrt(max(values.sum(), 1e-6))
     views = []
-    for zoom, direction, hand in itertools.product(FRAME_ZOOMS, (1, -1), (1, -1)):
+    for zoom in FRAME_ZOOMS:
         step = spread * FRAME_SPAN * zoom / (FRAME_SIDE / 2)  # thumbnail px per frame px
-        axis = vectors[:, 1] * direction
-        across = np.array([-axis[1], axis[0]]) * hand
         to_image = np.zeros((2, 3), np.float32)  # frame px -> thumbnail px
-        to_image[:, 0], to_image[:, 1] = axis * step, across * step
+        to_image[:, 0], to_image[:, 1] = vectors[:, 1] * step, np.array([-vectors[1, 1], vectors[0, 1]]) * step
         to_image[:, 2] = centre - to_image[:, :2] @ np.full(2, FRAME_SIDE / 2 - 0.5)
         view = cv2.warpAffine(
             grey, to_image, (FRAME_SIDE, FRAME_SIDE), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=background
-        ).ravel()
+        )
         view -= view.mean()
-        views.append(view / (np.linalg.norm(view) + 1e-6))
-    return np.stack(views)
+        view /= np.linalg.norm(view) + 1e-6
+        # the axis's other direction turns the view by 180 degrees; the other hand flips its rows
+        views += [view, view[::-1], view[::-1, ::-1], view[:, ::-1]]
+    return np.stack(views).reshape(len(views), -1)
 
 
-def _frame_neighbours(views: np.ndarray, rows: np.ndarray, keep: int) -> np.ndarray:
-    """Each of `rows`' `keep` nearest images by the cosine of its first view with the best of
-    the other's (four at each of FRAME_ZOOMS; positions in `views`)."""
-    first = views[rows, 0]
-    similarity = first @ np.ascontiguousarray(views[:, 0]).T
-    for k in range(1, views.shape[1]):
-        np.maximum(similarity, first @ np.ascontiguousarray(views[:, k]).T, out=similarity)
-    similarity[np.arange(len(rows)), rows] = -np.inf
-    return np.argpartition(-similarity, keep - 1, axis=1)[:, :keep]
+def _frame_neighbours(views: np.ndarray, keep: int, chunk: int = 512) -> np.ndarray:
+    """Each image's `keep` nearest images [N, keep] by the cosine of its first view with the best
+    of the other's (four at each of FRAME_ZOOMS; positions in `views`)."""
+    others = [np.ascontiguousarray(views[:, k].T) for k in range(views.shape[1])]
+    nearest = []
+    for start in range(0, len(views), chunk):
+        rows = np.arange(start, min(start + chunk, len(views)))
+        first = views[rows, 0]
+        similarity = first @ others[0]
+        for other in others[1:]:
+            np.maximum(similarity, first @ other, out=similarity)
+        similarity[np.arange(len(rows)), rows] = -np.inf
+        nearest.append(np.argpartition(-similarity, keep - 1, axis=1)[:, :keep])
+    return np.concatenate(nearest)
 
 
 def _candidates(
@@ -688,6 +720,7 @@ def _candidates(
     close: list[np.ndarray] = []
     with ThreadPoolExecutor(max_workers=1) as background:
         voting = background.submit(descriptor_votes, thumbs, usable)
+        close += [np.stack([np.repeat(np.arange(len(usable)), frame_keep), _frame_neighbours(views, frame_keep).ravel()], 1)]
         for start in range(0, len(usable), chunk):
             rows = np.arange(start, min(start + chunk, len(usable)))
             similarity = invariants[rows] @ invariants.T
@@ -696,7 +729,6 @@ def _candidates(
             peaks = rotation_scale_peaks(np.repeat(polar[rows], shortlist, 0), polar[nearest.ravel()]).reshape(len(rows), shortlist)
             best = np.take_along_axis(nearest, np.argsort(-peaks, axis=1)[:, :keep], 1)
             close += [np.stack([np.repeat(rows, keep), best.ravel()], 1)]
-            close += [np.stack([np.repeat(rows, frame_keep), _frame_neighbours(views, rows, frame_keep).ravel()], 1)]
         votes = voting.result()
     found = usable[np.concatenate(close)]
     found = np.unique(np.sort(found[found[:, 0] != found[:, 1]], axis=1), axis=0)
@@ -718,15 +750,23 @@ class DescriptorVotes:
 
     def best_pairs(self) -> set[tuple[int, int]]:
         """Each image's VOTED_PER_IMAGE partners with the most consistent votes (of equals, those
-        with the most votes in all: a copy's few votes tie with hundreds of look-alikes')."""
-        n = len(self.usable)
-        ends = np.concatenate([self.pairs // n, self.pairs % n])
-        index = np.tile(np.arange(len(self.pairs)), 2)
-        total = np.tile(self.direct + self.mirror, 2)
-        order = np.lexsort((index, -total, -np.tile(self.consistent, 2), ends))  # by image, most votes first
+        with the most votes in all: a copy's few votes tie with hundreds of look-alikes'; then
+        the first pair)."""
+        n, bits, levels = len(self.usable), 17, 64  # a pair's votes: < 300 * 2 * VOTE_TABLES * VOTE_BUCKET_CAP < 2**17
+        if len(self.pairs) == 0:
+            return set()
+        ends = np.concatenate([self.pairs % n, self.pairs // n])  # an image's pairs in their order: those it ends first
+        level = np.tile(np.minimum(self.consistent, levels - 1), 2)
+        # a partner with fewer consistent votes than the image's VOTED_PER_IMAGE-th most is never
+        # chosen: the sort below then takes ~1 of the 30 million ends on a real-size set
+        at_least = np.cumsum(np.bincount(ends * levels + level, minlength=n * levels).reshape(n, levels)[:, ::-1], 1)[:, ::-1]
+        kept = np.flatnonzero(level >= (at_least >= VOTED_PER_IMAGE).sum(1)[ends] - 1)
+        ends, index = ends[kept], kept % len(self.pairs)
+        rank = ((1 << bits) - 1 - self.consistent) << bits | ((1 << bits) - 1 - self.direct - self.mirror)
+        order = np.argsort(ends << (2 * bits) | rank[index], kind="stable")  # by image, most votes first
         ends = ends[order]
-        rank = np.arange(len(ends)) - np.searchsorted(ends, ends)  # place among the image's partners
-        chosen = self.pairs[np.unique(index[order][rank < VOTED_PER_IMAGE])]
+        place = np.arange(len(ends)) - np.searchsorted(ends, ends)  # among the image's partners
+        chosen = self.pairs[np.unique(index[order][place < VOTED_PER_IMAGE])]
         return {(int(self.usable[k // n]), int(self.usable[k % n])) for k in chosen}
 
     def of(self, i: int, j: int) -> tuple[int, int]:
@@ -830,16 +870,10 @@ def geometric_check(
     copy's range (turn within MAX_TURN_DEGREES of 0 or 180, scale in SCALE_RANGE) lays on a's,
     by RANSAC, and that transform; 0 inliers when the best transform is not a copy's. With
     `screen`, a view is first matched from every SCREEN_STRIDE-th descriptor of a's and dropped
-    below SCREEN_MIN_INLIERS there."""
+    below SCREEN_MIN_INLIERS there (`_screened`)."""
     views = []
-    for mirror in orientations:
+    for mirror in _screened(a, b, orientations) if screen else orientations:
         points, descriptors = (b.mirror_points, b.mirror_descriptors) if mirror else (b.points, b.descriptors)
-        if (
-            screen
-            and _similarity_inliers(a.points[::SCREEN_STRIDE], a.descriptors[::SCREEN_STRIDE], points, descriptors, SCREEN_ITERATIONS)[0]
-            < SCREEN_MIN_INLIERS
-        ):
-            continue
         inliers, transform = _similarity_inliers(a.points, a.descriptors, points, descriptors)
         if inliers:
             views.append(GeometricCheck(inliers, mirror, transform, (a.size, b.size)))
@@ -851,32 +885,65 @@ def geometric_check(
     return views[0]
 
 
+def _screened(a: LocalFeatures, b: LocalFeatures, orientations: tuple[bool, ...]) -> list[bool]:
+    """The views of b whose matches from every SCREEN_STRIDE-th descriptor of a's reach
+    SCREEN_MIN_INLIERS (both views from one product)."""
+    descriptors = [b.mirror_descriptors if mirror else b.descriptors for mirror in orientations]
+    a_descriptors = a.descriptors[::SCREEN_STRIDE]
+    if len(a_descriptors) < 4:
+        return []
+    agreement = _signs(a_descriptors) @ _signs(np.concatenate(descriptors)).T
+    passed, offset = [], 0
+    for mirror, own in zip(orientations, descriptors):
+        view = agreement[:, offset : offset + len(own)]
+        offset += len(own)
+        if len(own) < 4:
+            continue
+        query, train = _cross_checked(view)
+        points = b.mirror_points if mirror else b.points
+        if _similarity_fit(points[train], a.points[::SCREEN_STRIDE][query], SCREEN_ITERATIONS)[0] >= SCREEN_MIN_INLIERS:
+            passed.append(mirror)
+    return passed
+
+
+def _signs(descriptors: np.ndarray) -> np.ndarray:
+    """Binary descriptors' bits as +-1 [K, 8 * bytes]."""
+    return np.unpackbits(descriptors, axis=1).astype(np.float32) * 2 - 1
+
+
+def _cross_checked(agreement: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) that are each other's largest of `agreement` (bit count less twice the
+    Hamming distance), within MAX_DESCRIPTOR_DISTANCE."""
+    forward, backward = agreement.argmax(1), agreement.argmax(0)
+    close = agreement[np.arange(len(agreement)), forward] >= DESCRIPTOR_BITS - 2 * MAX_DESCRIPTOR_DISTANCE
+    query = np.nonzero((backward[forward] == np.arange(len(agreement))) & close)[0]
+    return query, forward[query]
+
+
 def cross_checked_matches(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Indices (into a, into b) of descriptor pairs that are each other's nearest by Hamming
     distance, within MAX_DESCRIPTOR_DISTANCE: OpenCV's cross-checked brute force (first of equals
     on a tie), from one matrix product of the descriptors' bits as +-1: their dot product is
     the bit count less twice the Hamming distance (twice as fast as OpenCV's)."""
-    a_signs, b_signs = (np.unpackbits(d, axis=1).astype(np.float32) * 2 - 1 for d in (a, b))
-    agreement = a_signs @ b_signs.T  # 8 * bytes - 2 * Hamming distance
-    forward, backward = agreement.argmax(1), agreement.argmax(0)
-    bits = 8 * a.shape[1]
-    close = agreement[np.arange(len(a)), forward] >= bits - 2 * MAX_DESCRIPTOR_DISTANCE
-    query = np.nonzero((backward[forward] == np.arange(len(a))) & close)[0]
-    return query, forward[query]
+    return _cross_checked(_signs(a) @ _signs(b).T)
 
 
 def _similarity_inliers(
     a_points: np.ndarray, a_descriptors: np.ndarray, points: np.ndarray, descriptors: np.ndarray, iterations: int = RANSAC_ITERATIONS
 ) -> tuple[int, np.ndarray | None]:
     """RANSAC inliers and transform of the cross-checked matches, when the transform is a copy's."""
-    import cv2
-
     if len(a_descriptors) < 4 or len(descriptors) < 4:
         return 0, None
     query, train = cross_checked_matches(a_descriptors, descriptors)
-    if len(query) < 4:
+    return _similarity_fit(points[train], a_points[query], iterations)
+
+
+def _similarity_fit(source: np.ndarray, target: np.ndarray, iterations: int) -> tuple[int, np.ndarray | None]:
+    """RANSAC inliers and transform of matched points, when the transform is a copy's."""
+    import cv2
+
+    if len(source) < 4:
         return 0, None
-    source, target = points[train], a_points[query]
     transform, inliers = cv2.estimateAffinePartial2D(source, target, method=cv2.RANSAC, ransacReprojThreshold=3.0, maxIters=iterations)
     if transform is None:
         return 0, None
@@ -915,11 +982,8 @@ def near_duplicate_scores(
         screen = sum(votes.of(i, j)) < SCREEN_BELOW_VOTES
         return geometric_check(thumbs.features[i], thumbs.features[j], votes.orientations(i, j), screen)
 
-    from threadpoolctl import threadpool_limits
-
-    # matching is small matrix products, one a thread: BLAS's own threads on top of them halve the speed
     batches = [pairs[k : k + 256] for k in range(0, len(pairs), 256)]  # a future a pair costs a tenth of its check
-    with threadpool_limits(1), ThreadPoolExecutor(max_workers=workers) as pool:
+    with one_thread_per_task(), ThreadPoolExecutor(max_workers=workers) as pool:
         checks = dict(zip(pairs, (c for batch in pool.map(lambda b: [check(pair) for pair in b], batches) for c in batch)))
     checked = time.perf_counter()
     chosen = sorted(_best_per_image({pair: check.inliers for pair, check in checks.items()}))
@@ -934,7 +998,7 @@ def near_duplicate_scores(
             return Match(-1.0, -1.0, checks[pair].inliers)
         return match(a, b, checks[pair])
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with one_thread_per_task(), ThreadPoolExecutor(max_workers=workers) as pool:
         scores = dict(zip(chosen, pool.map(confirm, chosen)))
     logger.debug(
         "Near-duplicate search: %d candidates in %.1f s, checked in %.1f s, %d registered in %.1f s",

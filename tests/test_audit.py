@@ -178,7 +178,7 @@ def test_a_turned_scaled_mirrored_copy_of_a_smooth_image_is_nearest_in_the_momen
     moved = cv2.getRotationMatrix2D((70.0, 60.0), turn, scale)  # about a point off the centre: shifted too
     copy = np.ascontiguousarray(cv2.warpAffine(images[0], moved, (128, 128), borderMode=cv2.BORDER_REPLICATE)[:, ::-1])
     views = np.stack([audit.moment_views(image, (0, 0, 128, 128)) for image in [copy, *images]])
-    assert audit._frame_neighbours(views, np.array([0]), 1)[0, 0] == 1  # the source
+    assert audit._frame_neighbours(views, 1)[0, 0] == 1  # the source
 
 
 def test_a_zoomed_in_copy_is_nearest_in_the_moment_frame_only_with_its_other_spans(monkeypatch):
@@ -196,7 +196,7 @@ def test_a_zoomed_in_copy_is_nearest_in_the_moment_frame_only_with_its_other_spa
 
     def nearest(keep: int) -> np.ndarray:
         views = np.stack([audit.moment_views(image, (0, 0, 128, 128)) for image in [copy, *images]])
-        return audit._frame_neighbours(views, np.array([0]), keep)[0]
+        return audit._frame_neighbours(views, keep)[0]
 
     assert nearest(1)[0] == 1  # the source
     monkeypatch.setattr(audit, "FRAME_ZOOMS", (1.0,))
