@@ -18,13 +18,13 @@
   `FRAME_CANDIDATES` nearest in the frame of its bright structure's moments (`moment_views`:
   centroid, principal axis and spread, which move with a shift, turn or scale that keeps the
   structure in view), which proposes smooth copies that have few corners to vote with.
-  Geometric check (`geometric_check`, about 0.6 ms a pair on two cores, nearly all of it the
-  descriptors' matrix product, `cross_checked_matches`): the ORB matches that one similarity of
+  Geometric check (`geometric_check`, about 0.6 ms a pair on two cores: the descriptors'
+  matrix products, `cross_checked_matches`, and RANSAC): the ORB matches that one similarity of
   a copy's range (turn within 12 degrees of 0 or 180, scale 0.65-1.55) lays on each other, by
   RANSAC, for b and its mirror image, or only the view whose votes are decisive
   (`DescriptorVotes.orientations`); pairs with few votes are screened first on a third of a's
-  descriptors (>= `SCREEN_MIN_INLIERS`, a third of `MIN_INLIERS`; same-pose look-alikes pass,
-  so pairs with many votes skip the screen). Only pairs with >= `MIN_INLIERS` that are among
+  descriptors (>= `SCREEN_MIN_INLIERS`, a third of `MIN_INLIERS`; both views from one product;
+  same-pose look-alikes pass, so pairs with many votes skip the screen). Only pairs with >= `MIN_INLIERS` that are among
   one member's `REGISTERED_PER_IMAGE` best go on: the count ranks but does not decide
   (same-pose look-alikes reach 99 inliers, a copy scaled by 0.86 and cropped can have 13).
   Confirmed (`match`), at native resolution: both files are decoded again at the smaller one's
@@ -95,7 +95,7 @@ from fracture_models.records import write_json
 
 logger = logging.getLogger(__name__)
 
-AUDIT_VERSION = 12  # 12: moment frames at three spans; 11: texture corrected for noise, similarity refinement, both views laid; 10: ECC shift refinement, registered from 12 inliers, 4 frame candidates, no hash channel; 9: candidates in the moment frame; 8: keypoints at their pixel centres, similarity mapped per axis
+AUDIT_VERSION = 13  # 13: 5 frame candidates, the mirror image's ORB described at the mirrored keypoints; 12: moment frames at three spans; 11: texture corrected for noise, similarity refinement, both views laid; 10: ECC shift refinement, registered from 12 inliers, 4 frame candidates, no hash channel; 9: candidates in the moment frame; 8: keypoints at their pixel centres, similarity mapped per axis
 THUMB_SIDE = 128  # the grey thumbnail kept per image (uint8, aspect kept, centred on a square)
 COARSE_SIDE = 64  # log-polar spectra are taken at half the thumbnail's resolution
 LOG_POLAR_SHAPE = (64, 32)  # angles over 180 degrees x log-spaced radii of the spectrum
@@ -107,7 +107,7 @@ FRAME_SIDE = 16  # the thumbnail resampled in its own moment frame (`moment_view
 FRAME_SPAN = 2.0  # the frame reaches this many spreads of the bright structure from its centroid
 FRAME_ZOOMS = (1.0, 1 / 1.15, 1.15)  # each image is also resampled at these spans (a zoomed copy crops the spread)
 FRAME_BLUR = 1.5  # px of the thumbnail: noise and JPEG blocks out of the moments
-FRAME_CANDIDATES = 4  # each image's nearest in the moment frame become candidates (3 missed a copy the 4th found)
+FRAME_CANDIDATES = 5  # each image's nearest in the moment frame become candidates (4 missed two copies the 5th found, 3 one the 4th)
 MIN_OVERLAP = 0.3  # of the smaller image's area, after registration
 MIN_REFINE_DETAIL = 0.5  # pairs laid at least this well by the ORB similarity, but not confirmed, are corrected by ECC
 REFINE_ITERATIONS = 50
@@ -590,13 +590,20 @@ def noise_sigma(image: np.ndarray) -> float:
     return float(np.sqrt(np.pi / 2) * np.abs(response).mean() / 6)
 
 
+@functools.lru_cache(maxsize=64)
+def _unit_noise(shape: tuple[int, ...]) -> np.ndarray:
+    """White noise of variance 1, the same for every image of a shape (read-only)."""
+    unit = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    unit.flags.writeable = False
+    return unit
+
+
 def _band_noise_variance(image: np.ndarray, transform: np.ndarray, size: tuple[int, int], inside: np.ndarray) -> float:
     """The variance the image's noise (`noise_sigma`) has in TEXTURE_BAND once laid by
     `transform`: white noise of that sigma, warped and band-passed as the image is."""
     import cv2
 
-    unit = np.random.default_rng(0).standard_normal(image.shape).astype(np.float32)
-    laid = cv2.warpAffine(unit, transform, size, flags=cv2.INTER_LINEAR)
+    laid = cv2.warpAffine(_unit_noise(image.shape), transform, size, flags=cv2.INTER_LINEAR)
     return noise_sigma(image) ** 2 * float(_band(laid, TEXTURE_BAND)[inside].var())
 
 

@@ -227,6 +227,28 @@ def test_descriptor_matches_are_opencvs_cross_checked_brute_force():
         assert len(expected) >= 20 and set(zip(query.tolist(), train.tolist())) == expected
 
 
+def test_voted_partners_are_each_images_most_consistent_then_most_voted_then_first():
+    """`DescriptorVotes.best_pairs` (which skips partners that cannot rank before sorting) picks
+    what a plain sort of each image's partners by (consistent votes, all votes, pair) does, on
+    votes full of ties and of images with fewer partners than it keeps."""
+    from fracture_models import audit
+
+    rng = np.random.default_rng(3)
+    n = 60
+    pairs = np.unique(np.sort(rng.integers(0, n, (900, 2)), axis=1), axis=0)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    keys = pairs[:, 0] * n + pairs[:, 1]
+    direct, mirror = rng.integers(0, 4, len(keys)), rng.integers(0, 3, len(keys))
+    consistent = np.minimum(rng.integers(1, 5, len(keys)) * (rng.random(len(keys)) < 0.8), direct + mirror)
+    votes = audit.DescriptorVotes(np.arange(n) * 2, keys, direct, mirror, consistent)
+    expected = set()
+    for image in range(n):
+        partners = [k for k in range(len(keys)) if image in pairs[k]]
+        for k in sorted(partners, key=lambda k: (-consistent[k], -(direct[k] + mirror[k]), k))[: audit.VOTED_PER_IMAGE]:
+            expected.add((int(pairs[k, 0]) * 2, int(pairs[k, 1]) * 2))
+    assert votes.best_pairs() == expected and len(expected) > n
+
+
 def test_a_copy_laid_a_pixel_off_is_shifted_onto_its_source_and_a_look_alike_is_not_confirmed():
     """The ORB similarity of a re-encoded, scaled copy can be a pixel or two off, and a pixel off
     is its texture lost; the refinement (a similarity found by ECC) lays it back. The same
