@@ -44,12 +44,13 @@
   matches along its shared edges but not in its texture; an unrelated image that happens to
   share a few edges, in neither. Measured in benchmarks/README.md ("Audit accuracy", versions
   11 to 13; two generators at 128 and 224 px, seven draws): recall 0.96-1.00 per set for
-  version 13 on four draws, two of them untouched; distinct registered pairs reach detail
+  version 13 on five draws, two of them untouched; distinct registered pairs reach detail
   0.91, and where the detail passes their texture reaches 0.1497 (threshold 0.15) on
-  look-alikes and smooth 128 px bones; pairs compared small cross it (123 px: 0.26 in version
-  11; a copy shrunk to 185 px against a look-alike of its source's pose: 0.22, the one false
-  group of version 13's draws). The margin shrinks with resolution: at small sizes the finest
-  band holds edges and noise but little texture, and two images of one pose can pass for copies.
+  look-alikes and smooth 128 px bones; pairs compared small cross it (two radiographs of one
+  pose at 123 px: 0.26; a copy shrunk to 185 px against a look-alike of its source's pose:
+  0.22), the two false groups of version 13's draws. The margin shrinks with resolution: at
+  small sizes the finest band holds edges and noise but little texture, and two images of
+  one pose can pass for copies.
 * A shortcut is a file attribute (format, mode, width, height) whose value predicts the class:
   the majority class of each value is learned on train and scored on val + test, as a model
   learning the shortcut would be. Flagged at a held-out balanced accuracy of at least
