@@ -125,6 +125,7 @@ MIN_TEXTURE_CORRELATION = 0.15
 FEATURE_SIDE = DRAFT_MIN_SIDE  # local features are found on the grey image scaled to this longer side (256 px)
 ORB_FEATURES = 300  # ORB keypoints kept per image (and as many on its mirror image)
 ORB_SCALE = 1.2  # ORB's pyramid: each level's image is this much smaller than the one before
+ORB_LEVELS = 6
 VOTE_TABLES = 8  # hash tables of the descriptor vote; each keys on VOTE_KEY_BYTES whole bytes
 VOTE_KEY_BYTES = 3
 VOTE_BUCKET_CAP = 16  # buckets fuller than this hold common structure (edges, markers): no vote
@@ -245,9 +246,9 @@ def local_features(grey: Image.Image) -> LocalFeatures:
 
     pixels = np.asarray(_resized(grey, FEATURE_SIDE))
     mirror = np.ascontiguousarray(pixels[:, ::-1])
-    orb = cv2.ORB_create(nfeatures=ORB_FEATURES, scaleFactor=ORB_SCALE, nlevels=6, edgeThreshold=15, patchSize=15, fastThreshold=5)
+    orb = cv2.ORB_create(nfeatures=ORB_FEATURES, scaleFactor=ORB_SCALE, nlevels=ORB_LEVELS, edgeThreshold=15, patchSize=15, fastThreshold=5)
     keypoints, descriptors = orb.detectAndCompute(pixels, None)
-    level_widths = np.round(pixels.shape[1] / ORB_SCALE ** np.arange(8))
+    level_widths = np.round(pixels.shape[1] / ORB_SCALE ** np.arange(ORB_LEVELS))
     mirrored = [
         cv2.KeyPoint(
             (level_widths[k.octave] - 1) * ORB_SCALE**k.octave - k.pt[0], k.pt[1], k.size, (180 - k.angle) % 360, k.response, k.octave
