@@ -419,28 +419,44 @@ def _mirrored(polar_fft: np.ndarray) -> np.ndarray:
     return polar_fft[..., (-np.arange(LOG_POLAR_SHAPE[0])) % LOG_POLAR_SHAPE[0], :]
 
 
-def _phase_correlation(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
-    import scipy.fft
-
-    cross = fa * np.conj(fb)
-    cross /= np.abs(cross) + np.float32(1e-9)  # in place, in complex64
-    return scipy.fft.irfft2(cross, s=LOG_POLAR_SHAPE, axes=(-2, -1), workers=-1, overwrite_x=True)
-
-
 def _scale_limit() -> int:
     return int(np.ceil(np.log(MAX_SCALE) / _LOG_RADIUS_STEP))
 
 
-def rotation_scale_peaks(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
-    """Best log-polar phase correlation of each pair (rows of fa, fb: FFTs of log-polar spectra),
-    over b and its mirror image: a cheap score of how well b can be rotated and scaled onto a."""
-    limit = _scale_limit()
-    peaks = []
-    for fb_flip in (fb, _mirrored(fb)):
-        corr = _phase_correlation(fa, fb_flip)
-        corr[..., limit + 1 : LOG_POLAR_SHAPE[1] - limit] = -np.inf
-        peaks.append(corr.reshape(len(corr), -1).max(1))
-    return np.maximum(*peaks)
+def _scale_lags_dft() -> np.ndarray:
+    """[radii // 2 + 1, lags]: the inverse real DFT along the log-radius axis (a half spectrum,
+    its inner bins counted twice), at the scale lags within MAX_SCALE only."""
+    size = LOG_POLAR_SHAPE[1]
+    bins, lags = np.arange(size // 2 + 1), np.r_[0 : _scale_limit() + 1, size - _scale_limit() : size]
+    weights = np.where((bins == 0) | (bins == size // 2), 1.0, 2.0)
+    return (weights[:, None] * np.exp(2j * np.pi * bins[:, None] * lags[None, :] / size) / size).astype(np.complex64)
+
+
+_SCALE_LAGS_DFT = _scale_lags_dft()
+
+
+def unit_spectra(polar_ffts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The log-polar spectra's FFTs at unit magnitude [N, angles, radii // 2 + 1], and the
+    conjugates of theirs and their mirror images' [N, 2, ...]: phase correlation's normalised
+    cross-power spectrum of a pair is the product of one and the other's conjugate. The DC
+    term, 0 in a zero-mean spectrum, stays 0."""
+    units = (polar_ffts / (np.abs(polar_ffts) + np.float32(1e-9))).astype(np.complex64)
+    units[..., 0, 0] = 0
+    conjugates = np.conj(units)
+    return units, np.stack([conjugates, _mirrored(conjugates)], 1)
+
+
+def rotation_scale_peaks(units: np.ndarray, conjugates: np.ndarray) -> np.ndarray:
+    """Best log-polar phase correlation of each pair (rows of `units` and `conjugates`, from
+    `unit_spectra`), over b and its mirror image and turns and scales within MAX_SCALE: a cheap
+    score of how well b can be turned and scaled onto a. Only the scale lags wanted are
+    inverted (`_SCALE_LAGS_DFT`, then an inverse FFT over the angles): 4 times as fast as
+    the whole inverse."""
+    import scipy.fft
+
+    lags = (units[:, None] * conjugates) @ _SCALE_LAGS_DFT
+    correlation = scipy.fft.ifft(lags, axis=-2, workers=1, overwrite_x=True).real
+    return correlation.reshape(len(units), -1).max(1)
 
 
 def _band(image: np.ndarray, sigmas: tuple[float, float]) -> np.ndarray:
@@ -695,52 +711,86 @@ def moment_views(pixels: np.ndarray, box: Sequence[int]) -> np.ndarray:
     return np.stack(views).reshape(len(views), -1)
 
 
-def _frame_neighbours(views: np.ndarray, keep: int, chunk: int = 512) -> np.ndarray:
+def _flip_parities(views: np.ndarray) -> np.ndarray:
+    """Views [N, FRAME_SIDE**2] split into their four parts even or odd under a flip of the
+    rows and of the columns [N, 4 (ee, eo, oe, oo), FRAME_SIDE**2 / 4], each part kept as one
+    quadrant (scaled so that dot products are the whole parts'): a flipped view's cosine with
+    another is the sum of its parts' cosines, each signed by its parity."""
+    side, half = FRAME_SIDE, FRAME_SIDE // 2
+    v = views.reshape(len(views), side, side)
+    q, r, c, rc = v[:, :half, :half], v[:, : half - 1 : -1, :half], v[:, :half, : half - 1 : -1], v[:, : half - 1 : -1, : half - 1 : -1]
+    return np.stack([q + r + c + rc, q + r - c - rc, q - r + c - rc, q - r - c + rc], 1).reshape(len(views), 4, -1) / 2
+
+
+def _frame_neighbours(views: np.ndarray, keep: int, chunk: int = 128) -> np.ndarray:
     """Each image's `keep` nearest images [N, keep] by the cosine of its first view with the best
-    of the other's (four at each of FRAME_ZOOMS; positions in `views`)."""
-    others = [np.ascontiguousarray(views[:, k].T) for k in range(views.shape[1])]
+    of the other's (four at each of FRAME_ZOOMS; positions in `views`). The four views of a
+    span are one view's flips, so their cosines come from one product of the flip parities
+    (`_flip_parities`): a quarter of the arithmetic, the same neighbours up to rounding."""
+    parts = [_flip_parities(views[:, k]) for k in range(0, views.shape[1], 4)]
+    first, others = parts[0], [[np.ascontiguousarray(part[:, p].T) for p in range(4)] for part in parts]
     nearest = []
     for start in range(0, len(views), chunk):
         rows = np.arange(start, min(start + chunk, len(views)))
-        first = views[rows, 0]
-        similarity = first @ others[0]
-        for other in others[1:]:
-            np.maximum(similarity, first @ other, out=similarity)
-        similarity[np.arange(len(rows)), rows] = -np.inf
-        nearest.append(np.argpartition(-similarity, keep - 1, axis=1)[:, :keep])
+        best = None
+        for other in others:
+            even, x, y, z = (first[rows, p] @ other[p] for p in range(4))
+            # flips' signs on (eo, oe, oo): none +++, rows +--, both --+, columns -+-: the best
+            # is even + max(x + |y + z|, |y - z| - x)
+            plus = np.add(y, z)
+            np.subtract(y, z, out=z)
+            np.abs(plus, out=plus)
+            np.abs(z, out=z)
+            plus += x
+            z -= x
+            np.maximum(plus, z, out=plus)
+            plus += even
+            best = plus if best is None else np.maximum(best, plus, out=best)
+        best[np.arange(len(rows)), rows] = -np.inf
+        nearest.append(np.argpartition(-best, keep - 1, axis=1)[:, :keep])
     return np.concatenate(nearest)
 
 
-def _candidates(
-    records: Sequence[ImageRecord], thumbs: Thumbnails, chunk: int = 512
-) -> tuple[set[tuple[int, int]], "DescriptorVotes | None"]:
+def _spectrum_neighbours(polar_ffts: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """Each image's CANDIDATES best [N, CANDIDATES] of its SHORTLIST nearest neighbours by the
+    shift-, rotation-, scale- and mirror-free spectrum (`_invariants`), ranked by how well
+    their log-polar spectra correlate (`rotation_scale_peaks`)."""
+    invariants = _invariants(polar_ffts)
+    units, conjugates = unit_spectra(polar_ffts)
+    shortlist, keep = min(SHORTLIST, len(polar_ffts) - 1), min(CANDIDATES, len(polar_ffts) - 1)
+    best = []
+    for start in range(0, len(polar_ffts), chunk):
+        rows = np.arange(start, min(start + chunk, len(polar_ffts)))
+        similarity = invariants[rows] @ invariants.T
+        similarity[np.arange(len(rows)), rows] = -np.inf
+        nearest = np.argpartition(-similarity, shortlist - 1, axis=1)[:, :shortlist]
+        peaks = np.concatenate(  # 16 rows at a time: the cross-power spectra stay in cache
+            [
+                rotation_scale_peaks(units[rows[k : k + 16]].repeat(shortlist, 0), conjugates[nearest[k : k + 16].ravel()])
+                for k in range(0, len(rows), 16)
+            ]
+        ).reshape(len(rows), shortlist)
+        best.append(np.take_along_axis(nearest, np.argsort(-peaks, axis=1)[:, :keep], 1))
+    return np.concatenate(best)
+
+
+def _candidates(records: Sequence[ImageRecord], thumbs: Thumbnails) -> tuple[set[tuple[int, int]], "DescriptorVotes | None"]:
     """Pairs (i < j) worth registering: each image's CANDIDATES best of its SHORTLIST nearest
     neighbours by the shift-, rotation-, scale- and mirror-free spectrum, ranked by how well
     their log-polar spectra correlate (turned, scaled, shifted, cropped copies); its
     FRAME_CANDIDATES nearest in its moment frame (`moment_views`: smooth images scaled and
-    turned); and its VOTED_PER_IMAGE partners by ORB descriptor votes (`descriptor_votes`,
-    counted on a second thread meanwhile: textured copies among look-alikes)."""
+    turned); and its VOTED_PER_IMAGE partners by ORB descriptor votes (`descriptor_votes`:
+    textured copies among look-alikes). The three channels run side by side."""
     usable = np.array([i for i, r in enumerate(records) if not r.error], dtype=np.int64)
     if len(usable) < 2:
         return set(), None
-    polar = thumbs.spectra[usable]
-    invariants = _invariants(polar)
-    views = thumbs.frames[usable]
     frame_keep = min(FRAME_CANDIDATES, len(usable) - 1)
-    shortlist, keep = min(SHORTLIST, len(usable) - 1), min(CANDIDATES, len(usable) - 1)
-    close: list[np.ndarray] = []
-    with ThreadPoolExecutor(max_workers=1) as background:
-        voting = background.submit(descriptor_votes, thumbs, usable)
-        close += [np.stack([np.repeat(np.arange(len(usable)), frame_keep), _frame_neighbours(views, frame_keep).ravel()], 1)]
-        for start in range(0, len(usable), chunk):
-            rows = np.arange(start, min(start + chunk, len(usable)))
-            similarity = invariants[rows] @ invariants.T
-            similarity[np.arange(len(rows)), rows] = -np.inf
-            nearest = np.argpartition(-similarity, shortlist - 1, axis=1)[:, :shortlist]
-            peaks = rotation_scale_peaks(np.repeat(polar[rows], shortlist, 0), polar[nearest.ravel()]).reshape(len(rows), shortlist)
-            best = np.take_along_axis(nearest, np.argsort(-peaks, axis=1)[:, :keep], 1)
-            close += [np.stack([np.repeat(rows, keep), best.ravel()], 1)]
-        votes = voting.result()
+    with one_thread_per_task(), ThreadPoolExecutor(max_workers=2) as pool:
+        voting = pool.submit(descriptor_votes, thumbs, usable)
+        framed = pool.submit(_frame_neighbours, thumbs.frames[usable], frame_keep)
+        spectral = _spectrum_neighbours(thumbs.spectra[usable])
+        votes, framed = voting.result(), framed.result()
+    close = [np.stack([np.repeat(np.arange(len(usable)), neighbours.shape[1]), neighbours.ravel()], 1) for neighbours in (framed, spectral)]
     found = usable[np.concatenate(close)]
     found = np.unique(np.sort(found[found[:, 0] != found[:, 1]], axis=1), axis=0)
     return {(int(i), int(j)) for i, j in found} | votes.best_pairs(), votes
@@ -810,29 +860,61 @@ def descriptor_votes(thumbs: Thumbnails, usable: np.ndarray, seed: int = 0) -> D
     features = [thumbs.features[i] for i in usable]
     if sum(len(f.descriptors) for f in features) == 0:
         return DescriptorVotes(usable, *np.zeros((4, 0), np.int64))
-    views = [
-        (
-            np.concatenate([np.full(len(f.descriptors if view == 0 else f.mirror_descriptors), k) for k, f in enumerate(features)]),
-            np.concatenate([f.descriptors if view == 0 else f.mirror_descriptors for f in features]),
-            np.concatenate([f.angles if view == 0 else f.mirror_angles for f in features]),
-            np.concatenate([f.levels if view == 0 else f.mirror_levels for f in features]).astype(np.int64),
+    views = []
+    for mirror in (False, True):
+        found = [f.mirror_descriptors if mirror else f.descriptors for f in features]
+        views.append(
+            (
+                np.repeat(np.arange(len(features)), [len(d) for d in found]),
+                np.concatenate(found),
+                np.concatenate([f.mirror_angles if mirror else f.angles for f in features]),
+                np.concatenate([f.mirror_levels if mirror else f.levels for f in features]).astype(np.int64),
+            )
         )
-        for view in (0, 1)
-    ]
+    rng = np.random.default_rng(seed)
+    tables = [rng.choice(views[0][1].shape[1], VOTE_KEY_BYTES, replace=False) for _ in range(VOTE_TABLES)]
+    with ThreadPoolExecutor(max_workers=2) as pool:  # numpy lets go of the GIL in the loops that count
+        codes = np.concatenate(
+            [c for half in pool.map(lambda half: _table_votes(views, half, len(features)), (tables[0::2], tables[1::2])) for c in half]
+        )
+        # halves split between pairs, each tallied on its own thread: the same as one tally
+        split = 2 * _VOTE_CELLS * (int(np.median(codes[:: max(1, len(codes) // 10_000)])) // (2 * _VOTE_CELLS)) if len(codes) else 0
+        tallies = list(pool.map(_tally_votes, (codes[codes < split], codes[codes >= split])))
+    pairs, direct, mirror, consistent = (np.concatenate(column) for column in zip(*tallies))
+    return DescriptorVotes(usable, pairs, direct, mirror, consistent)
+
+
+_VOTE_TURNS = 360 // VOTE_ANGLE_BIN
+_VOTE_CELLS = _VOTE_TURNS * 16  # a vote's turn and change of pyramid level (-8 to 7)
+
+
+def _vote_keys(descriptors: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Each descriptor's hash key: its bytes at `columns`, as one integer."""
+    key = descriptors[:, columns[0]].astype(np.int64)
+    for k, column in enumerate(columns[1:], 1):
+        key |= descriptors[:, column].astype(np.int64) << (8 * k)
+    return key
+
+
+def _table_votes(views: list[tuple[np.ndarray, ...]], tables: list[np.ndarray], n: int) -> list[np.ndarray]:
+    """Hash tables' votes (`descriptor_votes`) among n images, each table keyed on its bytes
+    `columns`, of each view's descriptors against the plain ones: codes of (pair, view, turn,
+    level change)."""
     owners, descriptors, angles, levels = views[0]
-    n, rng, codes = len(features), np.random.default_rng(seed), []
-    for _ in range(VOTE_TABLES):
-        columns = rng.choice(descriptors.shape[1], VOTE_KEY_BYTES, replace=False)
-
-        def key(x: np.ndarray) -> np.ndarray:
-            return (x[:, columns].astype(np.int64) << (8 * np.arange(VOTE_KEY_BYTES))).sum(1)
-
-        indexed = key(descriptors)
+    # every key's bucket (start in the sorted keys, size), addressed by the key: filled and
+    # emptied table by table (allocating and zeroing them per table cost as much as the votes)
+    bucket_starts = np.zeros(1 << (8 * VOTE_KEY_BYTES), np.int64)
+    bucket_sizes = np.zeros(1 << (8 * VOTE_KEY_BYTES), np.int64)
+    codes = []
+    for columns in tables:
+        indexed = _vote_keys(descriptors, columns)
         order = np.argsort(indexed, kind="stable")
-        bucket_sizes = np.bincount(indexed, minlength=1 << (8 * VOTE_KEY_BYTES))  # keys index their buckets directly
-        bucket_starts = np.cumsum(bucket_sizes) - bucket_sizes
+        ordered = indexed[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        keys = ordered[starts]
+        bucket_starts[keys], bucket_sizes[keys] = starts, np.diff(np.r_[starts, len(ordered)])
         for kind, (query_owners, query, query_angles, query_levels) in enumerate(views):
-            hashed = key(query)
+            hashed = indexed if kind == 0 else _vote_keys(query, columns)
             low, size = bucket_starts[hashed], bucket_sizes[hashed]
             voting = (size > 0) & (size <= VOTE_BUCKET_CAP)
             size = size[voting]
@@ -841,25 +923,37 @@ def descriptor_votes(thumbs: Thumbnails, usable: np.ndarray, seed: int = 0) -> D
             a, b = query_owners[voter], owners[other]
             keep = a != b
             voter, other, a, b = voter[keep], other[keep], a[keep], b[keep]
-            # the turn and level change from the lower-numbered image (or its mirror image) to the
-            # other. A mirror vote sees the same turn from either side (from the voter's mirror
-            # image to the other: M R M is R turned back, for a mirror M) but the inverse scale.
+            # the turn and level change from the lower-numbered image (or its mirror image) to
+            # the other. A mirror vote sees the same turn from either side (from the voter's
+            # mirror image to the other: M R M is R turned back, for a mirror M) but the inverse
+            # scale.
             sign = np.where(a < b, 1, -1)
             turn = np.floor(((1 if kind else sign) * (angles[other] - query_angles[voter]) % 360 + VOTE_ANGLE_BIN / 2) / VOTE_ANGLE_BIN)
             level = sign * (levels[other] - query_levels[voter]) + 8
             pair = np.minimum(a, b) * n + np.maximum(a, b)
-            codes.append(((pair * 2 + kind) * (360 // VOTE_ANGLE_BIN) + turn.astype(np.int64) % (360 // VOTE_ANGLE_BIN)) * 16 + level)
-    code, count = np.unique(np.concatenate(codes), return_counts=True)
-    pair_kind = code // (16 * (360 // VOTE_ANGLE_BIN))
+            codes.append(((pair * 2 + kind) * _VOTE_TURNS + turn.astype(np.int64) % _VOTE_TURNS) * 16 + level)
+        bucket_sizes[keys] = 0
+    return codes
+
+
+def _tally_votes(codes: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Vote codes tallied per pair: the pairs (sorted), their plain and mirror votes, and the
+    most votes of either kind in one cell (turn, level change)."""
+    if len(codes) == 0:
+        return (np.zeros(0, np.int64),) * 4
+    code, count = np.unique(codes, return_counts=True)
+    pair_kind = code // _VOTE_CELLS
     starts = np.flatnonzero(np.r_[True, pair_kind[1:] != pair_kind[:-1]])
     pair_kind, votes, agreeing = pair_kind[starts], np.add.reduceat(count, starts), np.maximum.reduceat(count, starts)
-    pairs, inverse = np.unique(pair_kind // 2, return_inverse=True)
+    pair = pair_kind // 2  # sorted: its runs are the pairs
+    first = np.r_[True, pair[1:] != pair[:-1]]
+    pairs, inverse = pair[first], np.cumsum(first) - 1
     by_kind = [
         np.bincount(inverse, weights=np.where(pair_kind % 2 == kind, w, 0), minlength=len(pairs)).astype(np.int64)
         for kind in (0, 1)
         for w in (votes, agreeing)
     ]
-    return DescriptorVotes(usable, pairs, by_kind[0], by_kind[2], np.maximum(by_kind[1], by_kind[3]))
+    return pairs, by_kind[0], by_kind[2], np.maximum(by_kind[1], by_kind[3])
 
 
 @dataclass(frozen=True)
