@@ -69,6 +69,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -248,23 +249,30 @@ def local_features(grey: Image.Image) -> LocalFeatures:
     mirror = np.ascontiguousarray(pixels[:, ::-1])
     orb = cv2.ORB_create(nfeatures=ORB_FEATURES, scaleFactor=ORB_SCALE, nlevels=ORB_LEVELS, edgeThreshold=15, patchSize=15, fastThreshold=5)
     keypoints, descriptors = orb.detectAndCompute(pixels, None)
+    plain = _keypoint_table(keypoints)
+    mirrored, levels = plain.copy(), plain[:, 5].astype(np.int64)
     level_widths = np.round(pixels.shape[1] / ORB_SCALE ** np.arange(ORB_LEVELS))
-    mirrored = [
-        cv2.KeyPoint(
-            (level_widths[k.octave] - 1) * ORB_SCALE**k.octave - k.pt[0], k.pt[1], k.size, (180 - k.angle) % 360, k.response, k.octave
-        )
-        for k in keypoints
-    ]
-    mirror_keypoints, mirror_descriptors = orb.compute(mirror, mirrored) if mirrored else ((), None)
+    mirrored[:, 0] = (level_widths[levels] - 1) * ORB_SCALE**levels - plain[:, 0]
+    mirrored[:, 3] = (180 - plain[:, 3]) % 360
+    mirror_descriptors = None
+    if len(mirrored):
+        described, mirror_descriptors = orb.compute(mirror, [cv2.KeyPoint(*row[:5], int(row[5])) for row in mirrored.tolist()])
+        if len(described) != len(mirrored):  # ORB drops those it cannot describe (none of the real-size set's)
+            mirrored = _keypoint_table(described)
     found, poses = [], []
-    for view, keypoints, descriptors in ((pixels, keypoints, descriptors), (mirror, mirror_keypoints, mirror_descriptors)):
-        levels = np.array([k.octave for k in keypoints], np.int8)
+    for table, view_descriptors, shape in ((plain, descriptors, pixels.shape), (mirrored, mirror_descriptors, mirror.shape)):
+        levels = table[:, 5].astype(np.int8)
         found += [
-            _pixel_centred(np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2), levels, view.shape),
-            np.zeros((0, 32), np.uint8) if descriptors is None else descriptors,
+            _pixel_centred(table[:, :2].astype(np.float32), levels, shape),
+            np.zeros((0, 32), np.uint8) if view_descriptors is None else view_descriptors,
         ]
-        poses += [np.array([k.angle for k in keypoints], np.float32), levels]
+        poses += [table[:, 3].astype(np.float32), levels]
     return LocalFeatures(*found, *poses, size=(pixels.shape[1], pixels.shape[0]))
+
+
+def _keypoint_table(keypoints: Sequence) -> np.ndarray:
+    """OpenCV's keypoints as rows (x, y, size, angle, response, pyramid level) [K, 6], in one pass."""
+    return np.array([(*k.pt, k.size, k.angle, k.response, k.octave) for k in keypoints], np.float64).reshape(-1, 6)
 
 
 def _pixel_centred(points: np.ndarray, levels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -380,8 +388,10 @@ def _window(box: tuple[int, ...], side: int = THUMB_SIDE) -> np.ndarray:
 
 
 def _apodised(pixels: np.ndarray, box: Sequence[int]) -> np.ndarray:
-    """The thumbnail at COARSE_SIDE, less its mean, times its window."""
-    coarse = pixels.astype(np.float32).reshape(COARSE_SIDE, 2, COARSE_SIDE, 2).mean((1, 3))
+    """The thumbnail at COARSE_SIDE (the mean of each 2 x 2 block), less its mean, times its window."""
+    import cv2
+
+    coarse = cv2.resize(pixels.astype(np.float32), (COARSE_SIDE, COARSE_SIDE), interpolation=cv2.INTER_AREA)
     window = _window(tuple(int(v) // 2 for v in box), COARSE_SIDE)
     mean = (coarse * window).sum() / max(window.sum(), 1e-6)
     return (coarse - mean) * window
@@ -846,21 +856,31 @@ class DescriptorVotes:
 
     def of(self, i: int, j: int) -> tuple[int, int]:
         """The plain and mirror votes of files i, j."""
-        n = len(self.usable)
-        a, b = sorted(np.searchsorted(self.usable, (i, j)))
-        k = np.searchsorted(self.pairs, a * n + b)
-        if k == len(self.pairs) or self.pairs[k] != a * n + b:
-            return 0, 0
-        return int(self.direct[k]), int(self.mirror[k])
+        direct, mirror = self.counts(np.array([[i, j]]))
+        return int(direct[0]), int(mirror[0])
+
+    def counts(self, files: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The plain and mirror votes of pairs of files [P, 2] ([P] each)."""
+        if len(self.pairs) == 0:
+            return np.zeros(len(files), np.int64), np.zeros(len(files), np.int64)
+        ends = np.sort(np.searchsorted(self.usable, files), axis=1)
+        keys = ends[:, 0] * len(self.usable) + ends[:, 1]
+        k = np.minimum(np.searchsorted(self.pairs, keys), len(self.pairs) - 1)
+        voted = self.pairs[k] == keys
+        return np.where(voted, self.direct[k], 0), np.where(voted, self.mirror[k], 0)
 
     def orientations(self, i: int, j: int) -> tuple[bool, ...]:
-        """Which of b's views (plain, mirror image) the geometric check of files i, j matches:
-        only the one with the most votes when it has at least MIN_DECISIVE_VOTES and
-        DECISIVE_VOTE_RATIO times the other's (all look-alike copies so), else both."""
-        direct, mirror = self.of(i, j)
-        if max(direct, mirror) >= MIN_DECISIVE_VOTES and max(direct, mirror) >= DECISIVE_VOTE_RATIO * min(direct, mirror):
-            return (mirror > direct,)
-        return (False, True)
+        """`matched_views` of files i, j."""
+        return matched_views(*self.of(i, j))
+
+
+def matched_views(direct: int, mirror: int) -> tuple[bool, ...]:
+    """Which of b's views (plain, mirror image) the geometric check of a pair with these votes
+    matches: only the one with the most votes when it has at least MIN_DECISIVE_VOTES and
+    DECISIVE_VOTE_RATIO times the other's (all look-alike copies so), else both."""
+    if max(direct, mirror) >= MIN_DECISIVE_VOTES and max(direct, mirror) >= DECISIVE_VOTE_RATIO * min(direct, mirror):
+        return (mirror > direct,)
+    return (False, True)
 
 
 def descriptor_votes(thumbs: Thumbnails, usable: np.ndarray, seed: int = 0) -> DescriptorVotes:
@@ -1066,8 +1086,8 @@ def _similarity_fit(source: np.ndarray, target: np.ndarray, iterations: int) -> 
     transform, inliers = cv2.estimateAffinePartial2D(source, target, method=cv2.RANSAC, ransacReprojThreshold=3.0, maxIters=iterations)
     if transform is None:
         return 0, None
-    turn = abs(np.degrees(np.arctan2(transform[1, 0], transform[0, 0])))
-    scale = float(np.hypot(transform[0, 0], transform[1, 0]))
+    (cos, _, _), (sin, _, _) = transform.tolist()
+    turn, scale = abs(math.degrees(math.atan2(sin, cos))), math.hypot(cos, sin)
     if min(turn, 180 - turn) <= MAX_TURN_DEGREES and SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
         return int(inliers.sum()), transform
     return 0, None
@@ -1094,16 +1114,17 @@ def near_duplicate_scores(
     pairs = [(i, j) for i, j in sorted(candidates) if records[i].sha256 != records[j].sha256]
     workers = num_workers or min(8, os.cpu_count() or 1)
 
-    def check(pair: tuple[int, int]) -> GeometricCheck:
-        i, j = pair
-        if votes is None:
-            return geometric_check(thumbs.features[i], thumbs.features[j])
-        screen = sum(votes.of(i, j)) < SCREEN_BELOW_VOTES
-        return geometric_check(thumbs.features[i], thumbs.features[j], votes.orientations(i, j), screen)
+    direct, mirror = (c.tolist() for c in votes.counts(np.array(pairs).reshape(-1, 2))) if votes is not None else ([0] * len(pairs),) * 2
 
-    batches = [pairs[k : k + 256] for k in range(0, len(pairs), 256)]  # a future a pair costs a tenth of its check
+    def check(k: int) -> GeometricCheck:
+        a, b = (thumbs.features[i] for i in pairs[k])
+        if votes is None:
+            return geometric_check(a, b)
+        return geometric_check(a, b, matched_views(direct[k], mirror[k]), direct[k] + mirror[k] < SCREEN_BELOW_VOTES)
+
+    batches = [range(k, min(k + 256, len(pairs))) for k in range(0, len(pairs), 256)]  # a future a pair costs a tenth of its check
     with one_thread_per_task(), ThreadPoolExecutor(max_workers=workers) as pool:
-        checks = dict(zip(pairs, (c for batch in pool.map(lambda b: [check(pair) for pair in b], batches) for c in batch)))
+        checks = dict(zip(pairs, (c for batch in pool.map(lambda b: [check(k) for k in b], batches) for c in batch)))
     checked = time.perf_counter()
     chosen = sorted(_best_per_image({pair: check.inliers for pair, check in checks.items()}))
     sides = {pair: compare_side(records[pair[0]], records[pair[1]]) for pair in chosen}
