@@ -94,6 +94,27 @@ def test_audit_finds_every_planted_pair_the_shortcut_and_the_bad_file_and_nothin
     assert audit_dataset(planted["download"], cache_dir=tmp_path)["duplicate_groups"] == groups
 
 
+def test_worker_processes_scan_and_check_as_threads_do(planted: dict):
+    """Big sets are scanned and checked in worker processes: the same records, thumbnails,
+    features and scores as on threads."""
+    from fracture_models import audit
+
+    root = audit.resolve_dataset_root(planted["download"])
+    records, thumbs = audit.scan(root, processes=False)
+    in_processes = audit.scan(root, processes=True)
+    assert in_processes[0] == records
+    for field in ("pixels", "boxes", "spectra", "frames"):
+        assert np.array_equal(getattr(in_processes[1], field), getattr(thumbs, field))
+    for ours, theirs in zip(thumbs.features, in_processes[1].features):
+        assert (ours is None) == (theirs is None)
+        assert ours is None or all(
+            np.array_equal(getattr(ours, f), getattr(theirs, f)) for f in ("points", "descriptors", "mirror_descriptors")
+        )
+    scores = audit.near_duplicate_scores(records, thumbs, processes=False)
+    assert sum(match.confirms() for match in scores.values()) == 4  # the near copies
+    assert audit.near_duplicate_scores(records, thumbs, processes=True) == scores
+
+
 def test_dedupe_keeps_the_evaluation_copy(planted: dict, tmp_path: Path):
     report = audit_dataset(planted["download"], cache_dir=tmp_path)
     dropped = {d["path"] for d in duplicates_to_drop(report["duplicate_groups"])}
