@@ -23,7 +23,7 @@
   matrix products, `cross_checked_matches`, and RANSAC): the ORB matches that one similarity of
   a copy's range (turn within 12 degrees of 0 or 180, scale 0.65-1.55) lays on each other, by
   RANSAC, for b and its mirror image, or only the view whose votes are decisive
-  (`DescriptorVotes.orientations`); pairs with few votes are screened first on a third of a's
+  (`matched_views`); pairs with few votes are screened first on a third of a's
   descriptors (>= `SCREEN_MIN_INLIERS`, a third of `MIN_INLIERS`; both views from one
   product; same-pose look-alikes pass, so pairs with many votes skip the screen). Only pairs
   with >= `MIN_INLIERS` that are among one member's `REGISTERED_PER_IMAGE` best go on: the
@@ -903,11 +903,6 @@ class DescriptorVotes:
         chosen = self.pairs[np.unique(index[order][place < VOTED_PER_IMAGE])]
         return {(int(self.usable[k // n]), int(self.usable[k % n])) for k in chosen}
 
-    def of(self, i: int, j: int) -> tuple[int, int]:
-        """The plain and mirror votes of files i, j."""
-        direct, mirror = self.counts(np.array([[i, j]]))
-        return int(direct[0]), int(mirror[0])
-
     def counts(self, files: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The plain and mirror votes of pairs of files [P, 2] ([P] each)."""
         if len(self.pairs) == 0:
@@ -917,10 +912,6 @@ class DescriptorVotes:
         k = np.minimum(np.searchsorted(self.pairs, keys), len(self.pairs) - 1)
         voted = self.pairs[k] == keys
         return np.where(voted, self.direct[k], 0), np.where(voted, self.mirror[k], 0)
-
-    def orientations(self, i: int, j: int) -> tuple[bool, ...]:
-        """`matched_views` of files i, j."""
-        return matched_views(*self.of(i, j))
 
 
 def matched_views(direct: int, mirror: int) -> tuple[bool, ...]:
