@@ -1,10 +1,12 @@
 """Training images/s per architecture and image size, with and without channels_last.
 
-    python benchmarks/train_throughput.py [--archs cnn resnet50 vgg16] [--sizes 64 224] [--batch-size 16]
+    python benchmarks/train_throughput.py [--archs cnn resnet50 vgg16] [--sizes 64 224] [--batch-size 16] [--threads N] [--rounds R]
 
 Runs real optimiser steps of `fracture_models.engine.train_one_epoch` on random uint8 images
 (data loading is measured separately in data_pipeline.py). One warm-up step, then at least
-`--min-steps` steps and `--min-seconds` seconds per configuration.
+`--min-steps` steps and `--min-seconds` seconds per configuration. `--threads 1` is what a search
+trial gets on a CPU (Ray sets one thread per CPU it holds); `--rounds` alternates the two layouts
+that many times and reports each round, as the machine is noisy.
 """
 
 from __future__ import annotations
@@ -53,7 +55,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--min-steps", type=int, default=2)
     parser.add_argument("--min-seconds", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--rounds", type=int, default=1, help="alternations of the two layouts per configuration")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = select_device()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; batch {args.batch_size}; baseline augmentation on the device")
@@ -61,9 +67,10 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for arch in args.archs:
         for size in args.sizes:
-            plain = measure(arch, size, args.batch_size, False, device, args.min_steps, args.min_seconds)
-            last = measure(arch, size, args.batch_size, True, device, args.min_steps, args.min_seconds)
-            print(f"| {arch} | {size} | {plain:.1f} | {last:.1f} | {last / plain:.2f}x |", flush=True)
+            for _ in range(args.rounds):
+                plain = measure(arch, size, args.batch_size, False, device, args.min_steps, args.min_seconds)
+                last = measure(arch, size, args.batch_size, True, device, args.min_steps, args.min_seconds)
+                print(f"| {arch} | {size} | {plain:.1f} | {last:.1f} | {last / plain:.2f}x |", flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"peak resident memory of this process: {peak:.1f} GiB")
 

@@ -74,7 +74,8 @@ class TrainingState:
 
 
 # Where channels_last pays without CUDA is a fact of each architecture (`channels_last_on_cpu`):
-# measured 1.25x for resnet50 at 224 px on a 2-core CPU, 0.9-1.07x for the others (benchmarks/README.md).
+# on a 2-core CPU, 1.25x for resnet50 at 224 px and 1.2-1.5x for the CNN (torch 2.14), 0.86-0.96x for
+# VGG16 (benchmarks/README.md).
 
 
 def uses_channels_last(config: TrainConfig, device: torch.device) -> bool:

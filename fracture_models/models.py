@@ -171,7 +171,7 @@ class StudyCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_model("cnn")
+@register_model("cnn", channels_last_on_cpu=True)  # 1.2-1.5x on the CPU at 64-224 px, batch 32 (benchmarks/README.md)
 def _cnn(*, num_classes: int, weights: str, image_size: int) -> nn.Module:
     if weights != "none":
         raise UserError("The custom CNN has no pretrained weights; use --weights none.")

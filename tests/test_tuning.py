@@ -370,6 +370,7 @@ def test_confirmation_retrains_the_top_configurations_and_the_baseline_and_tests
         [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.role = 'confirmation'"
     )
     assert sorted(r.data.params["seed"] for r in runs) == ["1", "1"] and all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.data.tags["omp_num_threads"] == "1" for r in runs)  # two runs on 2 CPUs: one thread each
     assert {r.data.tags["confirms"] for r in runs} == set(configurations)
     assert parent.data.metrics["confirm_winner_mean"] == pytest.approx(means[confirmation["winner"]])
     assert parent.data.tags["confirm_winner"] == confirmation["winner"]

@@ -66,3 +66,30 @@ def trial_slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
         ]
         slots += min(fits, default=0)
     return max(slots, 1)
+
+
+def cpus_to_fill(node_cpus: list[float], cpus_per_trial: float, runs: int) -> float:
+    """CPUs for each of `runs` CPU trials that are all there is left to run, on nodes with
+    `node_cpus` CPUs: the largest multiple of `cpus_per_trial` at which all of them still run at
+    once. Fewer trials than the nodes hold then share the idle CPUs (Ray gives torch one thread per
+    CPU) instead of leaving them idle: one run on 2 cores trains with 2 threads."""
+    if runs < 1 or cpus_per_trial <= 0:
+        return cpus_per_trial
+    most = math.floor(max(node_cpus, default=0) / cpus_per_trial + 1e-9)
+    for share in range(most, 1, -1):
+        cpus = cpus_per_trial * share
+        if sum(math.floor(n / cpus + 1e-9) for n in node_cpus) >= runs:
+            return cpus
+    return cpus_per_trial
+
+
+def cpus_per_run(cpus_per_trial: float, gpus_per_trial: float, runs: int) -> float:
+    """CPUs for each of `runs` trials that are all there is left to run (a confirmation):
+    `cpus_to_fill` over this cluster's alive nodes for CPU trials; GPU trials keep their request
+    (their speed is the GPU's)."""
+    import ray
+
+    if gpus_per_trial > 0:
+        return cpus_per_trial
+    nodes = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")]
+    return cpus_to_fill(nodes, cpus_per_trial, runs)

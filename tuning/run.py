@@ -470,27 +470,33 @@ def open_job(
 
 
 def make_trainable(job: Job):
-    """The one trainable of the search and its confirmation: data handed to trials once."""
+    """The one trainable of the search and its confirmation: data handed to trials once.
+    Each stage sizes its trials with `sized`."""
     from ray import tune
 
     from tuning.trainable import train_fracture_model
 
     spec = job.spec
-    return tune.with_resources(
-        tune.with_parameters(
-            train_fracture_model,
-            base_config=spec.base_config,
-            metric=spec.metric,
-            mode=spec.mode,
-            train_split=job.dataset.train,
-            val_split=job.dataset.val,
-            architecture=architecture(spec.arch),
-        ),
-        {"cpu": job.resources.cpus_per_trial, "gpu": job.resources.gpus_per_trial},
+    return tune.with_parameters(
+        train_fracture_model,
+        base_config=spec.base_config,
+        metric=spec.metric,
+        mode=spec.mode,
+        train_split=job.dataset.train,
+        val_split=job.dataset.val,
+        architecture=architecture(spec.arch),
     )
 
 
-def _tune_config(job: Job, search_alg, num_samples: int, scheduler=None):
+def sized(job: Job, trainable, cpus_per_trial: float | None = None):
+    """`trainable` asking for the job's resources per trial (`cpus_per_trial` overriding its CPUs)."""
+    from ray import tune
+
+    cpus = job.resources.cpus_per_trial if cpus_per_trial is None else cpus_per_trial
+    return tune.with_resources(trainable, {"cpu": cpus, "gpu": job.resources.gpus_per_trial})
+
+
+def _tune_config(job: Job, search_alg, num_samples: int, scheduler=None, cpus_per_trial: float | None = None):
     """How trials are proposed and scheduled: one place for the search and its confirmation."""
     from ray import tune
 
@@ -498,13 +504,14 @@ def _tune_config(job: Job, search_alg, num_samples: int, scheduler=None):
     from tuning.resources import trial_slots
 
     resources = job.resources
+    cpus = resources.cpus_per_trial if cpus_per_trial is None else cpus_per_trial
     return tune.TuneConfig(
         metric=job.spec.metric,
         mode=job.spec.mode,
         search_alg=search_alg,
         scheduler=scheduler,
         num_samples=num_samples,
-        max_concurrent_trials=resources.max_concurrent or trial_slots(resources.cpus_per_trial, resources.gpus_per_trial),
+        max_concurrent_trials=resources.max_concurrent or trial_slots(cpus, resources.gpus_per_trial),
         reuse_actors=True,
         trial_name_creator=trial_name,
         trial_dirname_creator=trial_name,
@@ -551,7 +558,7 @@ def search(job: Job, trainable, *, resume: bool, callbacks: list | None = None):
         logger.info("Resuming %s", job.experiment)
         tuner = tune.Tuner.restore(
             fs_path(job.experiment),
-            trainable=trainable,
+            trainable=sized(job, trainable),
             resume_unfinished=True,
             resume_errored=True,
             storage_filesystem=state_filesystem(job.experiment),  # hands Ray only the state files this user's key signed
@@ -579,7 +586,7 @@ def search(job: Job, trainable, *, resume: bool, callbacks: list | None = None):
             reduction_factor=rungs["reduction_factor"],
         )
         tuner = tune.Tuner(
-            trainable,
+            sized(job, trainable),
             tune_config=_tune_config(job, searcher, spec.num_samples, scheduler),
             run_config=_run_config(
                 job,
@@ -632,12 +639,16 @@ def _fit_confirmation(job: Job, trainable, runs: list):
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from tuning.callbacks import DropOptimizerState, MlflowLoggingCallback
+    from tuning.resources import cpus_per_run
     from tuning.search_space import baseline_point
     from tuning.tracking import CONFIRMATION_ROLE
 
     path = f"{job.experiment}/{CONFIRMATION_DIR}"
     keys = [*baseline_point(), "seed", CONFIRMS]
-    logger.info("Confirmation: %d runs of the top configurations and the baseline with more seeds", len(runs))
+    # The runs are all that is left: CPU runs fewer than the cluster holds take its idle CPUs too.
+    cpus = cpus_per_run(job.resources.cpus_per_trial, job.resources.gpus_per_trial, len(runs))
+    logger.info("Confirmation: %d runs of the top configurations and the baseline with more seeds (%g CPUs each)", len(runs), cpus)
+    trainable = sized(job, trainable, cpus)
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(
             fs_path(path),
@@ -650,7 +661,9 @@ def _fit_confirmation(job: Job, trainable, runs: list):
         tuner = tune.Tuner(
             trainable,
             param_space={key: None for key in keys},  # every value comes from the planned points
-            tune_config=_tune_config(job, BasicVariantGenerator(points_to_evaluate=[run.config() for run in runs]), len(runs)),
+            tune_config=_tune_config(
+                job, BasicVariantGenerator(points_to_evaluate=[run.config() for run in runs]), len(runs), cpus_per_trial=cpus
+            ),
             run_config=_run_config(
                 job,
                 CONFIRMATION_DIR,
