@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from ray import tune
 
 from tests.conftest import search_args
-from tuning.placement import CUDA_VISIBLE_DEVICES, GPU_IDS, HOSTNAME, NODE_IP, placement_of
+from tuning.placement import CUDA_VISIBLE_DEVICES, GPU_IDS, HOSTNAME, NODE_IP, OMP_NUM_THREADS, placement_of
 
 
 class MostRunning(tune.Callback):
@@ -126,9 +126,10 @@ def test_each_trial_run_records_its_node(placed_searches):
         for tags in job["tags"]:
             assert tags[NODE_IP] == "127.0.0.1"  # the node's address on the cluster
             assert tags[HOSTNAME] == socket.gethostname()
+            assert tags[OMP_NUM_THREADS] == "1"  # torch's threads: one per CPU of the trial (1 in search_args)
 
 
 def test_only_a_result_with_devices_carries_a_placement():
-    first = {GPU_IDS: "", CUDA_VISIBLE_DEVICES: "", NODE_IP: "10.0.0.7", HOSTNAME: "gpu-3", "val_loss": 0.5}
-    assert placement_of(first) == {NODE_IP: "10.0.0.7", HOSTNAME: "gpu-3", GPU_IDS: "", CUDA_VISIBLE_DEVICES: ""}
+    first = {GPU_IDS: "", CUDA_VISIBLE_DEVICES: "", OMP_NUM_THREADS: "2", NODE_IP: "10.0.0.7", HOSTNAME: "gpu-3", "val_loss": 0.5}
+    assert placement_of(first) == {NODE_IP: "10.0.0.7", HOSTNAME: "gpu-3", GPU_IDS: "", CUDA_VISIBLE_DEVICES: "", OMP_NUM_THREADS: "2"}
     assert placement_of({NODE_IP: "10.0.0.7", HOSTNAME: "gpu-3", "val_loss": 0.4}) is None  # later epochs: no new tags

@@ -645,8 +645,14 @@ def _fit_confirmation(job: Job, trainable, runs: list):
 
     path = f"{job.experiment}/{CONFIRMATION_DIR}"
     keys = [*baseline_point(), "seed", CONFIRMS]
-    # The runs are all that is left: CPU runs fewer than the cluster holds take its idle CPUs too.
-    cpus = cpus_per_run(job.resources.cpus_per_trial, job.resources.gpus_per_trial, len(runs))
+    # The runs are all that is left: CPU runs fewer than the cluster holds take its idle CPUs too,
+    # unless the user limited how many trials run at once (leaving the rest of the cluster to others).
+    resources = job.resources
+    cpus = (
+        resources.cpus_per_trial
+        if resources.max_concurrent
+        else cpus_per_run(resources.cpus_per_trial, resources.gpus_per_trial, len(runs))
+    )
     logger.info("Confirmation: %d runs of the top configurations and the baseline with more seeds (%g CPUs each)", len(runs), cpus)
     trainable = sized(job, trainable, cpus)
     if tune.Tuner.can_restore(path):
