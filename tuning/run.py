@@ -496,26 +496,31 @@ def sized(job: Job, trainable, cpus_per_trial: float | None = None):
     return tune.with_resources(trainable, {"cpu": cpus, "gpu": job.resources.gpus_per_trial})
 
 
-def _tune_config(job: Job, search_alg, num_samples: int, scheduler=None, cpus_per_trial: float | None = None):
-    """How trials are proposed and scheduled: one place for the search and its confirmation."""
+def _tune_config(job: Job, search_alg, num_samples: int, scheduler=None, max_concurrent: int | None = None):
+    """How trials are proposed and scheduled: one place for the search and its confirmation.
+    `max_concurrent` only for a `Searcher` (Ray ignores it, with a warning, for a generator)."""
     from ray import tune
 
     from tuning.progress import trial_name
-    from tuning.resources import trial_slots
 
-    resources = job.resources
-    cpus = resources.cpus_per_trial if cpus_per_trial is None else cpus_per_trial
     return tune.TuneConfig(
         metric=job.spec.metric,
         mode=job.spec.mode,
         search_alg=search_alg,
         scheduler=scheduler,
         num_samples=num_samples,
-        max_concurrent_trials=resources.max_concurrent or trial_slots(cpus, resources.gpus_per_trial),
+        max_concurrent_trials=max_concurrent,
         reuse_actors=True,
         trial_name_creator=trial_name,
         trial_dirname_creator=trial_name,
     )
+
+
+def search_concurrency(resources: Resources) -> int:
+    """Trials the search runs at once: --max-concurrent, else as many as the cluster holds now."""
+    from tuning.resources import trial_slots
+
+    return resources.max_concurrent or trial_slots(resources.cpus_per_trial, resources.gpus_per_trial)
 
 
 def _run_config(job: Job, name: str, storage_path: str, callbacks: list):
@@ -587,7 +592,7 @@ def search(job: Job, trainable, *, resume: bool, callbacks: list | None = None):
         )
         tuner = tune.Tuner(
             sized(job, trainable),
-            tune_config=_tune_config(job, searcher, spec.num_samples, scheduler),
+            tune_config=_tune_config(job, searcher, spec.num_samples, scheduler, max_concurrent=search_concurrency(job.resources)),
             run_config=_run_config(
                 job,
                 spec.name,
@@ -655,6 +660,8 @@ def _fit_confirmation(job: Job, trainable, runs: list):
     )
     logger.info("Confirmation: %d runs of the top configurations and the baseline with more seeds (%g CPUs each)", len(runs), cpus)
     trainable = sized(job, trainable, cpus)
+    # The planned points, at most --max-concurrent at once (0: as many as the cluster holds).
+    generator = BasicVariantGenerator(points_to_evaluate=[run.config() for run in runs], max_concurrent=resources.max_concurrent or 0)
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(
             fs_path(path),
@@ -667,9 +674,7 @@ def _fit_confirmation(job: Job, trainable, runs: list):
         tuner = tune.Tuner(
             trainable,
             param_space={key: None for key in keys},  # every value comes from the planned points
-            tune_config=_tune_config(
-                job, BasicVariantGenerator(points_to_evaluate=[run.config() for run in runs]), len(runs), cpus_per_trial=cpus
-            ),
+            tune_config=_tune_config(job, generator, len(runs)),
             run_config=_run_config(
                 job,
                 CONFIRMATION_DIR,
