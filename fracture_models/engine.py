@@ -74,7 +74,7 @@ class TrainingState:
 
 
 # Where channels_last pays without CUDA is a fact of each architecture (`channels_last_on_cpu`):
-# on a 2-core CPU, 1.25x for resnet50 at 224 px and 1.2-1.5x for the CNN (torch 2.14), 0.86-0.96x for
+# on a 2-core CPU, 1.25x for resnet50 at 224 px and 1.2-1.5x for the CNN at batch 32, 0.86-0.96x for
 # VGG16 (benchmarks/README.md).
 
 
