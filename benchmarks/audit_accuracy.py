@@ -152,12 +152,22 @@ def evaluate(root: Path, planted: list[dict], *, poses: dict[str, int] | None = 
         "false_groups_mixing_classes": int(sum(g["conflicting_labels"] for g in false)),
         "seconds": round(seconds, 1),
         "candidate_pairs": len(scores),
-        "thresholds": {"detail": audit.DEFAULT_MIN_DETAIL_CORRELATION, "texture": audit.MIN_TEXTURE_CORRELATION},
+        "thresholds": {
+            "detail": audit.DEFAULT_MIN_DETAIL_CORRELATION,
+            "texture": audit.MIN_TEXTURE_CORRELATION,
+            "peak": audit.MIN_TEXTURE_PEAK,
+        },
+        "audit_version": audit.AUDIT_VERSION,
         "copy_detail": _summary([m.detail for m in copy_matches]),
         "copy_texture": _summary([m.texture for m in copy_matches]),
+        "copy_peak": _summary([m.peak for m in copy_matches]),
+        "confirmed_copy_peak": _summary([m.peak for m in copy_matches if m.confirms()]),
         "distinct_candidate_detail": _summary([m.detail for m in distinct]),
         "distinct_texture_where_detail_passes": _summary([m.texture for m in hard]),
         "distinct_candidate_texture": _summary([m.texture for m in distinct]),
+        "distinct_peak_where_detail_passes": _summary([m.peak for m in hard]),
+        # the pairs the texture peak alone turns away: detail and texture pass
+        "distinct_peak_where_detail_and_texture_pass": _summary([m.peak for m in hard if m.texture >= audit.MIN_TEXTURE_CORRELATION]),
         "missed": [p for p in planted if frozenset((p["source"], p["copy"])) not in found],
         "planted_pairs": planted,
         "false_group_members": [[m["path"] for m in g["members"]] for g in false[:20]],
@@ -179,6 +189,9 @@ def evaluate(root: Path, planted: list[dict], *, poses: dict[str, int] | None = 
         result["same_pose_cross_class_detail"] = _summary([m.detail for m in sampled])
         result["same_pose_cross_class_texture_where_detail_passes"] = _summary(
             [m.texture for m in sampled if m.detail >= audit.DEFAULT_MIN_DETAIL_CORRELATION]
+        )
+        result["same_pose_cross_class_peak_where_detail_passes"] = _summary(
+            [m.peak for m in sampled if m.detail >= audit.DEFAULT_MIN_DETAIL_CORRELATION]
         )
     return result
 
@@ -213,6 +226,7 @@ def quickstart_check(work: Path) -> dict:
             "candidate_pairs",
             "distinct_candidate_detail",
             "distinct_texture_where_detail_passes",
+            "distinct_peak_where_detail_passes",
         )
     }
 

@@ -146,27 +146,33 @@ def render(rng: np.random.Generator, frame: dict, size: int, fractured: bool) ->
     return np.asarray(pil, dtype=np.float64) / 255
 
 
+def radiograph(spec: LookalikeSpec, number: int, fractured: bool) -> tuple[Image.Image, dict]:
+    """Image NUMBER of the set SPEC (of pose `number % spec.poses`) and how it is saved: PIL's
+    `save` arguments, PNG or JPEG at quality 85-95."""
+    rng = np.random.default_rng([spec.seed, 2, number])
+    pixels = render(rng, _pose(np.random.default_rng([spec.seed, 1, number % spec.poses])), spec.image_size, fractured)
+    image = Image.fromarray(np.round(pixels * 255).astype(np.uint8))
+    if rng.random() < 0.5:
+        return image, {"format": "JPEG", "quality": int(rng.integers(85, 96))}
+    return image, {"format": "PNG"}
+
+
 def generate(out_dir: str | Path, spec: LookalikeSpec) -> list[dict]:
     """Write OUT_DIR/{train,val,test}/{class}/NNNNN.{png,jpg}; return one row per image
     (path relative to OUT_DIR, split, label, pose)."""
     out = Path(out_dir)
     rng = np.random.default_rng(spec.seed)
-    poses = [_pose(np.random.default_rng([spec.seed, 1, p])) for p in range(spec.poses)]
     splits = rng.choice(list(SPLIT_SHARES), size=spec.images, p=list(SPLIT_SHARES.values()))
     for split in SPLIT_SHARES:
         for name in CLASS_NAMES:
             (out / split / name).mkdir(parents=True, exist_ok=True)
     rows = []
     for number in range(spec.images):
-        pose = number % spec.poses
         label = int(rng.integers(2))
-        image_rng = np.random.default_rng([spec.seed, 2, number])
-        pixels = render(image_rng, poses[pose], spec.image_size, fractured=bool(label))
-        pil = Image.fromarray(np.round(pixels * 255).astype(np.uint8))
-        jpeg = image_rng.random() < 0.5
-        path = Path(str(splits[number]), CLASS_NAMES[label], f"{number:05d}.{'jpg' if jpeg else 'png'}")
-        pil.save(out / path, **({"quality": int(image_rng.integers(85, 96))} if jpeg else {}))
-        rows.append({"path": str(path), "split": str(splits[number]), "label": label, "pose": pose})
+        image, saved = radiograph(spec, number, fractured=bool(label))
+        path = Path(str(splits[number]), CLASS_NAMES[label], f"{number:05d}.{'jpg' if saved['format'] == 'JPEG' else 'png'}")
+        image.save(out / path, **saved)
+        rows.append({"path": str(path), "split": str(splits[number]), "label": label, "pose": number % spec.poses})
     return rows
 
 

@@ -36,7 +36,11 @@
   (band-pass 0.7-2.0 px) correlates at >= `DEFAULT_MIN_DETAIL_CORRELATION` (0.80) and the
   finest texture (band-pass 0.5-1.5 px) correlates at >= `MIN_TEXTURE_CORRELATION` (0.15) in 3
   of 4 of the overlap's 16 px patches, each patch's correlation corrected for the two images'
-  noise (`noise_sigma`: noise added to a copy of a smooth image drowns its finest texture).
+  noise (`noise_sigma`: noise added to a copy of a smooth image drowns its finest texture),
+  and that texture peaks where b is laid (`texture_peak` > 0: the patches agree better there
+  than `PEAK_SHIFT` px off in any direction). Edges two radiographs of one pose share (a
+  collimation frame, a marker, a cortex) fill the finest band and pass the patch quartile,
+  but they agree as well shifted along themselves; a copy's texture pins it in every direction.
   A pair laid at detail >= `MIN_REFINE_DETAIL` but not confirmed is first corrected by ECC
   (`_refined`: a similarity moving b's corners at most `MAX_REFINE_SHIFT` px): the ORB fit of
   a scaled, turned, re-encoded copy can be a pixel or two, or 1.5% in scale, off. When both
@@ -44,14 +48,16 @@
   the other is laid too. A copy matches everywhere; another radiograph of the same pose
   matches along its shared edges but not in its texture; an unrelated image that happens to
   share a few edges, in neither. Measured in benchmarks/README.md ("Audit accuracy", versions
-  11 to 13; two generators at 128 and 224 px, seven draws): recall 0.96-1.00 per set for
-  version 13 on five draws, two of them untouched; distinct registered pairs reach detail
-  0.91, and where the detail passes their texture reaches 0.1497 (threshold 0.15) on
-  look-alikes and smooth 128 px bones; pairs compared small cross it (two radiographs of one
-  pose at 123 px: 0.26; a copy shrunk to 185 px against a look-alike of its source's pose:
-  0.22), the two false groups of version 13's draws. The margin shrinks with resolution: at
-  small sizes the finest band holds edges and noise but little texture, and two images of
-  one pose can pass for copies.
+  11 to 14; two generators at 128 and 224 px, eight draws): recall 0.96-1.00 per set for
+  version 14 on eight draws, the same as version 13's where both ran; distinct registered
+  pairs reach detail 0.91, and where the detail passes their texture reaches 0.1497
+  (threshold 0.15) on look-alikes and smooth 128 px bones; three pairs crossed it. Two
+  look-alikes of one pose whose collimation frame and marker lie on each other (0.21, seed 81)
+  are turned away by the texture peak (-0.043); two radiographs of one pose at 123 px (0.26,
+  peak 0.20) and a copy shrunk to 185 px against a look-alike of its source's pose (0.22, peak
+  0.008) are not, and remain version 14's two false groups, each within one class. The margin
+  shrinks with resolution: at small sizes the finest band holds edges and noise but little
+  texture, and two images of one pose can pass for copies.
 * A shortcut is a file attribute (format, mode, width, height) whose value predicts the class:
   the majority class of each value is learned on train and scored on val + test, as a model
   learning the shortcut would be. Flagged at a held-out balanced accuracy of at least
@@ -100,7 +106,7 @@ from fracture_models.records import write_json
 
 logger = logging.getLogger(__name__)
 
-AUDIT_VERSION = 13  # 13: 5 frame candidates, the mirror image's ORB described at the mirrored keypoints; 12: moment frames at three spans; 11: texture corrected for noise, similarity refinement, both views laid; 10: ECC shift refinement, registered from 12 inliers, 4 frame candidates, no hash channel; 9: candidates in the moment frame; 8: keypoints at their pixel centres, similarity mapped per axis
+AUDIT_VERSION = 14  # 14: the texture must peak where laid; 13: 5 frame candidates, the mirror image's ORB described at the mirrored keypoints; 12: moment frames at three spans; 11: texture corrected for noise, similarity refinement, both views laid; 10: ECC shift refinement, registered from 12 inliers, 4 frame candidates, no hash channel; 9: candidates in the moment frame; 8: keypoints at their pixel centres, similarity mapped per axis
 THUMB_SIDE = 128  # the grey thumbnail kept per image (uint8, aspect kept, centred on a square)
 COARSE_SIDE = 64  # log-polar spectra are taken at half the thumbnail's resolution
 LOG_POLAR_SHAPE = (64, 32)  # angles over 180 degrees x log-spaced radii of the spectrum
@@ -124,6 +130,8 @@ MIN_TEXTURE_STD = 0.5  # grey levels of the band-passed patch: less is clipped o
 MIN_TEXTURE_RELIABILITY = 0.25  # noise at most doubles a patch's correlation per image (0.1-0.5 confirm the same copies)
 DEFAULT_MIN_DETAIL_CORRELATION = 0.80  # see the module docstring for the measured margins
 MIN_TEXTURE_CORRELATION = 0.15
+PEAK_SHIFT = 3  # px at `compare_side`: twice TEXTURE_BAND's larger sigma, where texture no longer correlates with itself
+MIN_TEXTURE_PEAK = 0.0  # a copy's texture agrees better where laid than PEAK_SHIFT px off; shared edges agree as well along themselves
 FEATURE_SIDE = DRAFT_MIN_SIDE  # local features are found on the grey image scaled to this longer side (256 px)
 ORB_FEATURES = 300  # ORB keypoints kept per image (and as many on its mirror image)
 ORB_SCALE = 1.2  # ORB's pyramid: each level's image is this much smaller than the one before
@@ -541,14 +549,17 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class Match:
     """How well b matches a once laid on it at native resolution: `detail`, the correlation of
     their fine detail over the overlap; `texture`, the lower quartile of that correlation over
-    the overlap's 16 px patches (-1 when they barely overlap or a file no longer decodes)."""
+    the overlap's 16 px patches; `peak`, how much better the finest band agrees where b is laid
+    than PEAK_SHIFT px off it (`texture_peak`). Each is -1 when they barely overlap or a file no
+    longer decodes."""
 
     detail: float
     texture: float
+    peak: float
     inliers: int = 0  # ORB matches consistent with one copy's transform (`geometric_check`)
 
     def confirms(self, min_detail: float = DEFAULT_MIN_DETAIL_CORRELATION, min_texture: float = MIN_TEXTURE_CORRELATION) -> bool:
-        return self.detail >= min_detail and self.texture >= min_texture
+        return self.detail >= min_detail and self.texture >= min_texture and self.peak > MIN_TEXTURE_PEAK
 
 
 def _patch_correlations(a: np.ndarray, b: np.ndarray, inside: np.ndarray, noise: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
@@ -574,6 +585,40 @@ def _patch_correlations(a: np.ndarray, b: np.ndarray, inside: np.ndarray, noise:
         return np.clip(1 - noise_variance / x.var(1), MIN_TEXTURE_RELIABILITY, 1)
 
     return np.clip(_correlation(a, b) / np.sqrt(reliability(a, noise[0]) * reliability(b, noise[1])), -1, 1)
+
+
+def texture_peak(a: np.ndarray, b: np.ndarray, inside: np.ndarray) -> float:
+    """The mean, over the TEXTURE_PATCH squares of the overlap where both have texture, of a's
+    correlation with b where b is laid minus its highest with b shifted PEAK_SHIFT px in any of
+    8 directions (a and b: the band-passed images; -1 with fewer than 4 squares). A copy's
+    texture pins the registration in every direction: positive. Two radiographs of one pose
+    agree in the fine band along their shared edges (bone, collimation, marker), which agree as
+    well shifted along themselves (about 0: a median lands there), while their own texture
+    agrees nowhere (the best of 8 chance correlations beats the laid one): negative. A gate
+    where the texture passes, not a test on its own: at 100-150 px a bone's edges curve within
+    PEAK_SHIFT and distinct pairs whose detail passes reach 0.18 (their texture fails).
+    Measured on eight benchmark draws (benchmarks/README.md, version 14): each set's weakest
+    confirmed copy 0.013-0.17; a look-alike pair whose detail and texture passed, -0.043."""
+    p, s = TEXTURE_PATCH, PEAK_SHIFT
+    rows, columns = (a.shape[0] - 2 * s) // p, (a.shape[1] - 2 * s) // p
+
+    def patches(x: np.ndarray, dy: int = 0, dx: int = 0) -> np.ndarray:
+        window = x[s + dy : s + dy + rows * p, s + dx : s + dx + columns * p]
+        return window.reshape(rows, p, columns, p).transpose(0, 2, 1, 3).reshape(-1, p * p)
+
+    import cv2
+
+    around = cv2.erode(inside.astype(np.uint8), np.ones((2 * s + 1, 2 * s + 1), np.uint8)) > 0  # every shift stays inside
+    full = patches(around).all(1)
+    a_patches, b_patches = patches(a)[full], patches(b)[full]
+    textured = (a_patches.std(1) >= MIN_TEXTURE_STD) & (b_patches.std(1) >= MIN_TEXTURE_STD)
+    if textured.sum() < 4:
+        return -1.0
+    a_patches = a_patches[textured]
+    laid = _correlation(a_patches, b_patches[textured])
+    shifts = [(dy, dx) for dy in (-s, 0, s) for dx in (-s, 0, s) if dy or dx]
+    off = np.max([_correlation(a_patches, patches(b, dy, dx)[full][textured]) for dy, dx in shifts], axis=0)
+    return float(np.mean(laid - off))
 
 
 def native_grey(path: Path, side: int) -> np.ndarray | None:
@@ -625,7 +670,7 @@ def _match_view(a: np.ndarray, b: np.ndarray, check: "GeometricCheck") -> Match:
     """`match` for the view of b that `check` found (its plain or mirror image)."""
     inliers = check.inliers
     if check.transform is None:
-        return Match(-1.0, -1.0, inliers)
+        return Match(-1.0, -1.0, -1.0, inliers)
     transform = _native_transform(check.transform, check.sizes, a.shape, b.shape)
     a, b = a.astype(np.float32), b.astype(np.float32)
     b_view = np.ascontiguousarray(b[:, ::-1]) if check.mirror else b
@@ -635,13 +680,13 @@ def _match_view(a: np.ndarray, b: np.ndarray, check: "GeometricCheck") -> Match:
         if refined is not None:
             scores = _laid(a, b_view, refined) or scores
     if scores is None:
-        return Match(-1.0, -1.0, inliers)
-    return Match(round(scores[0], 4), round(scores[1], 4), inliers)
+        return Match(-1.0, -1.0, -1.0, inliers)
+    return Match(*(round(score, 4) for score in scores), inliers)
 
 
-def _laid(a: np.ndarray, b_view: np.ndarray, transform: np.ndarray) -> tuple[float, float] | None:
-    """Detail and texture correlation of b laid on a by `transform` (b's pixels to a's), or
-    None when they overlap on less than MIN_OVERLAP of the smaller image."""
+def _laid(a: np.ndarray, b_view: np.ndarray, transform: np.ndarray) -> tuple[float, float, float] | None:
+    """Detail and texture correlation and texture peak of b laid on a by `transform` (b's pixels
+    to a's), or None when they overlap on less than MIN_OVERLAP of the smaller image."""
 
     size = (a.shape[1], a.shape[0])
     laid, inside = _laid_on(a, b_view, transform)
@@ -652,8 +697,10 @@ def _laid(a: np.ndarray, b_view: np.ndarray, transform: np.ndarray) -> tuple[flo
         _band_noise_variance(a, np.eye(2, 3, dtype=np.float32), size, inside),
         _band_noise_variance(b_view, transform, size, inside),
     )
-    patches = _patch_correlations(_band(a, TEXTURE_BAND), _band(laid, TEXTURE_BAND), inside, noise)
-    return detail, float(np.percentile(patches, 25)) if len(patches) >= 4 else -1.0
+    a_texture, b_texture = _band(a, TEXTURE_BAND), _band(laid, TEXTURE_BAND)
+    patches = _patch_correlations(a_texture, b_texture, inside, noise)
+    texture = float(np.percentile(patches, 25)) if len(patches) >= 4 else -1.0
+    return detail, texture, texture_peak(a_texture, b_texture, inside)
 
 
 def _laid_on(a: np.ndarray, b_view: np.ndarray, transform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1191,7 +1238,7 @@ def near_duplicate_scores(
     def confirm(pair: tuple[int, int]) -> Match:
         a, b = (greys[(k, sides[pair])] for k in pair)
         if a is None or b is None:
-            return Match(-1.0, -1.0, checks[pair].inliers)
+            return Match(-1.0, -1.0, -1.0, checks[pair].inliers)
         return match(a, b, checks[pair])
 
     with one_thread_per_task(), ThreadPoolExecutor(max_workers=workers) as pool:
