@@ -599,14 +599,14 @@ def texture_peak(a: np.ndarray, b: np.ndarray, inside: np.ndarray) -> float:
     PEAK_SHIFT and distinct pairs whose detail passes reach 0.18 (their texture fails).
     Measured on eight benchmark draws (benchmarks/README.md, version 14): each set's weakest
     confirmed copy 0.013-0.17; a look-alike pair whose detail and texture passed, -0.043."""
+    import cv2
+
     p, s = TEXTURE_PATCH, PEAK_SHIFT
     rows, columns = (a.shape[0] - 2 * s) // p, (a.shape[1] - 2 * s) // p
 
     def patches(x: np.ndarray, dy: int = 0, dx: int = 0) -> np.ndarray:
         window = x[s + dy : s + dy + rows * p, s + dx : s + dx + columns * p]
         return window.reshape(rows, p, columns, p).transpose(0, 2, 1, 3).reshape(-1, p * p)
-
-    import cv2
 
     around = cv2.erode(inside.astype(np.uint8), np.ones((2 * s + 1, 2 * s + 1), np.uint8)) > 0  # every shift stays inside
     full = patches(around).all(1)
