@@ -12,6 +12,18 @@ import math
 from fracture_models.errors import UserError
 
 
+def _alive_nodes() -> list[dict]:
+    """Each alive node's resources on the connected Ray cluster ({"CPU": 2.0, "GPU": 1.0, ...})."""
+    import ray
+
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
+def _fits(capacity: float, need: float) -> int:
+    """How many requests of `need` fit in `capacity` (0.1 x 10 fills 1.0 despite float rounding)."""
+    return math.floor(capacity / need + 1e-9)
+
+
 def default_gpus_per_trial() -> float:
     """1 where the cluster has GPUs, else 0."""
     import ray
@@ -21,13 +33,11 @@ def default_gpus_per_trial() -> float:
 
 def check_trial_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
     """Raise a UserError unless at least one alive node can hold one trial."""
-    import ray
-
     if cpus_per_trial <= 0 and gpus_per_trial <= 0:
         raise UserError("A trial needs some resources: --cpus-per-trial or --gpus-per-trial must be > 0.")
     if gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial):
         raise UserError(f"--gpus-per-trial above 1 must be a whole number, got {gpus_per_trial}.")
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    nodes = _alive_nodes()
     fits = [n for n in nodes if n.get("CPU", 0) >= cpus_per_trial and n.get("GPU", 0) >= gpus_per_trial]
     if fits:
         return
@@ -53,18 +63,8 @@ def trial_slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
     seconds each) instead of all at once; a limit also keeps Optuna from proposing trials that
     would only wait for room, before the results of those running are in.
     """
-    import ray
-
-    slots = 0
-    for node in ray.nodes():
-        if not node.get("Alive"):
-            continue
-        fits = [
-            math.floor(node["Resources"].get(name, 0) / need + 1e-9)
-            for name, need in (("CPU", cpus_per_trial), ("GPU", gpus_per_trial))
-            if need > 0
-        ]
-        slots += min(fits, default=0)
+    needs = [(name, need) for name, need in (("CPU", cpus_per_trial), ("GPU", gpus_per_trial)) if need > 0]
+    slots = sum(min((_fits(node.get(name, 0), need) for name, need in needs), default=0) for node in _alive_nodes())
     return max(slots, 1)
 
 
@@ -75,10 +75,9 @@ def cpus_to_fill(node_cpus: list[float], cpus_per_trial: float, runs: int) -> fl
     CPU) instead of leaving them idle: one run on 2 cores trains with 2 threads."""
     if runs < 1 or cpus_per_trial <= 0:
         return cpus_per_trial
-    most = math.floor(max(node_cpus, default=0) / cpus_per_trial + 1e-9)
-    for share in range(most, 1, -1):
+    for share in range(_fits(max(node_cpus, default=0), cpus_per_trial), 1, -1):
         cpus = cpus_per_trial * share
-        if sum(math.floor(n / cpus + 1e-9) for n in node_cpus) >= runs:
+        if sum(_fits(n, cpus) for n in node_cpus) >= runs:
             return cpus
     return cpus_per_trial
 
@@ -87,9 +86,6 @@ def cpus_per_run(cpus_per_trial: float, gpus_per_trial: float, runs: int) -> flo
     """CPUs for each of `runs` trials that are all there is left to run (a confirmation):
     `cpus_to_fill` over this cluster's alive nodes for CPU trials; GPU trials keep their request
     (their speed is the GPU's)."""
-    import ray
-
     if gpus_per_trial > 0:
         return cpus_per_trial
-    nodes = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")]
-    return cpus_to_fill(nodes, cpus_per_trial, runs)
+    return cpus_to_fill([node.get("CPU", 0) for node in _alive_nodes()], cpus_per_trial, runs)
