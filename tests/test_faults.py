@@ -128,13 +128,19 @@ def _assert_every_trial_once(storage: Path, name: str) -> dict:
     assert all(t.state == optuna.trial.TrialState.FAIL and t.user_attrs[LOST_WITH_DRIVER] for t in lost)
     for t in lost:
         again = [c for c in complete if c.user_attrs.get(REQUEUED_FROM) == t.number]
-        assert len(again) == 1 and again[0].params == t.params
+        # Killed inside Optuna's ask, its configuration is whole only where it was queued with one.
+        whole = t.params if set(t.params) == set(complete[0].params) else t.system_attrs.get("fixed_params")
+        if whole:
+            assert len(again) == 1 and again[0].params == whole
+        else:  # drawn, not whole: nothing to run again, and no Tune trial
+            assert again == [] and RAY_TRIAL_ID not in t.user_attrs
     ray_ids = sorted(t.user_attrs[RAY_TRIAL_ID] for t in complete)
     assert len(set(ray_ids)) == TRIALS
     summary = json.loads((storage / name / "summary.json").read_text())
     assert sorted(r["trial_id"] for r in summary["trials"]) == ray_ids
     assert all(r["epochs"] == EPOCHS for r in summary["trials"])
-    assert [x["optuna_number"] for x in summary["trials_lost_with_driver"]] == [t.number for t in lost]
+    ran_again = {t.number: next((c.number for c in complete if c.user_attrs.get(REQUEUED_FROM) == t.number), None) for t in lost}
+    assert {x["optuna_number"]: x["ran_again_as"] for x in summary["trials_lost_with_driver"]} == ran_again
 
     from mlflow import MlflowClient
 
@@ -208,7 +214,10 @@ def test_a_killed_driver_resumes_to_n_trials(cluster, fault_download: Path, tmp_
     resume_log = tmp_path / "resume.log"
     resumed = _search(fault_download, tmp_path, "killed", c.address, resume_log, "--max-concurrent", "1", "--resume")
     assert resumed.wait(timeout=400) == 0, resume_log.read_text()[-3000:]
-    _assert_every_trial_once(tmp_path, "killed")
+    lost = _assert_every_trial_once(tmp_path, "killed")["trials_lost_with_driver"]
+    printed = resume_log.read_text()
+    assert ("each ran again from the start" in printed) == any(t["ran_again_as"] is not None for t in lost)
+    assert ("fresh trials were drawn in their place" in printed) == any(t["ran_again_as"] is None for t in lost)
     after = {t.number: t.datetime_complete for t in _study(tmp_path, "killed").trials}
     assert all(after[n] == done for n, done in finished_before.items())  # finished trials were not run again
 
@@ -235,6 +244,39 @@ def test_a_trial_started_after_the_last_snapshot_is_failed_and_its_config_queued
     assert trials[0].state == optuna.trial.TrialState.RUNNING  # known to the snapshot: Tune resumes it
     assert restored.suggest("c") == lost_config  # the lost configuration runs again
     assert optuna.load_study(study_name="s", storage=storage).trials[2].user_attrs[REQUEUED_FROM] == 1
+
+
+def test_a_trial_killed_inside_optunas_ask_is_failed_and_its_whole_configuration_alone_queued_again(tmp_path: Path):
+    """SIGKILL between Optuna creating a trial and writing its last parameter leaves a RUNNING
+    trial with some parameters or none. A trial drawn by TPE has no whole configuration to run
+    again: it is failed and a fresh one drawn. One that was queued (the baseline) still holds the
+    configuration it was queued with, and that runs again."""
+    from tuning.search_space import baseline_point, search_space
+    from tuning.searcher import StudyAwareOptunaSearch, make_searcher, open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    first = make_searcher(
+        search_space("cnn"), metric="val_fracture_f1", mode="max", study_name="s", storage=storage, seed=0, num_samples=6, max_epochs=2
+    )
+    first.save(str(tmp_path / "searcher.pkl"))  # Tune's last snapshot: no trial yet
+    study = optuna.load_study(study_name="s", storage=storage)
+    baseline_asked = study.ask()  # the queued baseline, popped; killed before its first parameter's write
+    drawn_none = study.ask()  # drawn by the sampler, killed before its first parameter
+    drawn_some = study.ask()
+    drawn_some.suggest_float("lr", 1e-4, 1e-2, log=True)  # killed after its first parameter
+    assert baseline_asked.params == drawn_none.params == {} and len(drawn_some.params) == 1
+
+    restored = StudyAwareOptunaSearch.__new__(StudyAwareOptunaSearch)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert all(trials[n].state == optuna.trial.TrialState.FAIL and trials[n].user_attrs[LOST_WITH_DRIVER] for n in (0, 1, 2))
+    requeued = [t for t in trials if REQUEUED_FROM in t.user_attrs]
+    assert [t.user_attrs[REQUEUED_FROM] for t in requeued] == [0]  # the baseline alone
+    assert restored.suggest("a") == baseline_point()
+    fresh = restored.suggest("b")
+    assert set(fresh) == set(baseline_point()) and fresh != baseline_point()
+    after = optuna.load_study(study_name="s", storage=storage).trials
+    assert REQUEUED_FROM not in after[-1].user_attrs and len(after) == 5
 
 
 @pytest.fixture

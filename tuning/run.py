@@ -613,7 +613,8 @@ def search(job: Job, trainable, *, resume: bool, callbacks: list | None = None):
     study = optuna.load_study(study_name=spec.name, storage=job.storage)
     lost = [t for t in study.trials if t.user_attrs.get(LOST_WITH_DRIVER)]
     for trial in lost:
-        job.tracker.trial_lost(trial.user_attrs.get(RAY_TRIAL_ID, ""))
+        if RAY_TRIAL_ID in trial.user_attrs:  # one killed inside Optuna's ask never had a Tune trial, nor a run
+            job.tracker.trial_lost(trial.user_attrs[RAY_TRIAL_ID])
     # The study's trials of this job's Tune experiment, never another job's (a trial that failed
     # before its first report is known by its folder, trial_<id>).
     own = {trial_id_of(r).removeprefix("trial_") for r in results}
@@ -739,12 +740,13 @@ def finish(
     """Test the winner once, write the report, register the model, print the summary."""
     from fracture_models.evaluate import evaluate_checkpoint
     from tuning.search_space import baseline_point
-    from tuning.searcher import RAY_TRIAL_ID
+    from tuning.searcher import RAY_TRIAL_ID, REQUEUED_FROM
     from tuning.summary import best_checkpoint_dir, format_summary, is_baseline, study_reference, trial_id_of, where_to_look, write_report
     from tuning.tracking import save_winner_model, tracking_note
     from tuning.trainable import CHECKPOINT_FILE
 
     spec, tracker = job.spec, job.tracker
+    ran_again = {t.user_attrs[REQUEUED_FROM]: t.number for t in study.trials if REQUEUED_FROM in t.user_attrs}
     tested_id = (confirmation or {}).get("tested_run") or best["trial_id"]
     tested_row, tested_result = confirmed.get(tested_id) or (
         next(r for r in rows if r["trial_id"] == tested_id),
@@ -773,7 +775,10 @@ def finish(
         "num_trials": len(rows),
         "trials_stopped_early": sum(r["status"] == "stopped early" for r in rows),
         "trials_failed": sum(r["status"] == "failed" for r in rows),
-        "trials_lost_with_driver": [{"optuna_number": t.number, "ray_trial_id": t.user_attrs.get(RAY_TRIAL_ID)} for t in lost],
+        "trials_lost_with_driver": [
+            {"optuna_number": t.number, "ray_trial_id": t.user_attrs.get(RAY_TRIAL_ID), "ran_again_as": ran_again.get(t.number)}
+            for t in lost
+        ],
         "epochs_trained": sum(r["epochs"] for r in rows),
         "epochs_budget": len(rows) * spec.epochs,
         "trial_hours": seconds / 3600,

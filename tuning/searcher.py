@@ -64,14 +64,26 @@ class StudyAwareOptunaSearch(OptunaSearch):
     def _requeue_lost_trials(self) -> None:
         """After a driver died (SIGKILL, a lost machine), Optuna can hold RUNNING trials that Ray
         Tune never saved: they started after its last experiment snapshot and cannot resume.
-        Each is recorded as FAIL with the reason, and its configuration is queued to run again."""
+        Each is recorded as FAIL with the reason, and its configuration is queued to run again.
+        One killed while Optuna was still drawing it has no whole configuration: nothing of it
+        ran, and Tune draws a fresh trial in its place."""
         known = {t.number for t in self._ot_trials.values()}
         for lost in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             if lost.number in known:
                 continue
             optuna.trial.Trial(self._ot_study, lost._trial_id).set_user_attr(LOST_WITH_DRIVER, True)
             self._ot_study.tell(lost.number, state=optuna.trial.TrialState.FAIL)
-            self._ot_study.enqueue_trial(lost.params, user_attrs={REQUEUED_FROM: lost.number})
+            config = self._configuration_of(lost)
+            if config is not None:
+                self._ot_study.enqueue_trial(config, user_attrs={REQUEUED_FROM: lost.number})
+
+    def _configuration_of(self, trial: optuna.trial.FrozenTrial) -> dict | None:
+        """Every parameter of the space for `trial`: its own, or those it was queued with (the
+        baseline, a requeued trial) when it died between Optuna's ask and the last parameter's write."""
+        for config in (trial.params, trial.system_attrs.get("fixed_params") or {}):
+            if set(config) >= set(self._space):
+                return {name: config[name] for name in self._space}
+        return None
 
     def _already_told(self, trial_id: str) -> bool:
         """A trial that finished just before the driver died is resumed by Tune and ends again."""

@@ -117,6 +117,24 @@ def is_baseline(row: Mapping, baseline: Mapping) -> bool:
     return all(row.get(k) is not None and math.isclose(float(row[k]), float(v)) for k, v in baseline.items())
 
 
+def _lost_with_driver_lines(lost: list[dict]) -> list[str]:
+    """What became of the trials a killed driver left unsaved (a summary written before
+    `ran_again_as` existed ran every one again)."""
+    again = sum(t.get("ran_again_as", -1) is not None for t in lost)
+    lines = []
+    if again:
+        lines.append(
+            f"{again} trial(s) started just before the driver died and could not resume; each ran again "
+            "from the start with the same configuration (recorded as FAIL in Optuna, KILLED in MLflow)."
+        )
+    if len(lost) > again:
+        lines.append(
+            f"{len(lost) - again} trial(s) died while Optuna drew their configuration, before any training; "
+            "fresh trials were drawn in their place (recorded as FAIL in Optuna)."
+        )
+    return lines
+
+
 def format_summary(summary: dict, top: int = 5) -> str:
     """Human-readable end-of-search report."""
     metric, names = summary["metric"], list(summary["baseline"])
@@ -148,12 +166,7 @@ def format_summary(summary: dict, top: int = 5) -> str:
 
         lines += ["", *format_confirmation(summary["confirmation"])]
     if summary.get("trials_lost_with_driver"):
-        lost = len(summary["trials_lost_with_driver"])
-        lines += [
-            "",
-            f"{lost} trial(s) started just before the driver died and could not resume; each ran again "
-            "from the start with the same configuration (recorded as FAIL in Optuna, KILLED in MLflow).",
-        ]
+        lines += ["", *_lost_with_driver_lines(summary["trials_lost_with_driver"])]
     if best.get("predicts_one_class"):
         lines += [
             "",
