@@ -126,8 +126,10 @@ def _assert_every_trial_once(storage: Path, name: str) -> dict:
     lost = [t for t in trials if t not in complete]
     assert len(complete) == TRIALS
     assert all(t.state == optuna.trial.TrialState.FAIL and t.user_attrs[LOST_WITH_DRIVER] for t in lost)
+    ran_again = {}
     for t in lost:
         again = [c for c in complete if c.user_attrs.get(REQUEUED_FROM) == t.number]
+        ran_again[t.number] = again[0].number if again else None
         # Killed inside Optuna's ask, its configuration is whole only where it was queued with one.
         whole = t.params if set(t.params) == set(complete[0].params) else t.system_attrs.get("fixed_params")
         if whole:
@@ -139,7 +141,6 @@ def _assert_every_trial_once(storage: Path, name: str) -> dict:
     summary = json.loads((storage / name / "summary.json").read_text())
     assert sorted(r["trial_id"] for r in summary["trials"]) == ray_ids
     assert all(r["epochs"] == EPOCHS for r in summary["trials"])
-    ran_again = {t.number: next((c.number for c in complete if c.user_attrs.get(REQUEUED_FROM) == t.number), None) for t in lost}
     assert {x["optuna_number"]: x["ran_again_as"] for x in summary["trials_lost_with_driver"]} == ran_again
 
     from mlflow import MlflowClient
