@@ -19,7 +19,7 @@ import pytest
 from ray import tune
 
 from fracture_models.errors import UserError
-from tests.conftest import POSTGRES, search_args
+from tests.conftest import POSTGRES, search_args, trial_results
 from tuning.run import get_args_parser, main, run_search
 from tuning.searcher import RAY_TRIAL_ID
 
@@ -58,18 +58,23 @@ def _assert_every_trial_and_epoch_once(storage: Path, name: str, study: optuna.S
     for row in summary["trials"]:
         with (Path(row["path"]) / "progress.csv").open() as rows:
             assert [int(r["training_iteration"]) for r in csv.DictReader(rows)] == list(range(1, EPOCHS + 1))
+        assert [r["training_iteration"] for r in trial_results(Path(row["path"]))] == list(range(1, EPOCHS + 1))
 
 
 class _AtFirstReport(tune.Callback):
-    """Runs `act` (in a thread of its own) when the driver takes in the search's first epoch."""
+    """Runs `act` when the driver takes in the search's first epoch: in a thread of its own, or
+    (`wait`) before the driver goes on, so before Ray Tune saves the experiment with that epoch."""
 
-    def __init__(self, act) -> None:
-        self.act, self.done = act, False
+    def __init__(self, act, wait: bool = False) -> None:
+        self.act, self.wait, self.done = act, wait, False
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if not self.done:
             self.done = True
-            threading.Thread(target=self.act, daemon=True).start()
+            if self.wait:
+                self.act()
+            else:
+                threading.Thread(target=self.act, daemon=True).start()
 
     def __getstate__(self) -> dict:
         return {"done": True}  # a restored copy (on resume) does nothing
@@ -123,7 +128,8 @@ def test_a_full_storage_path_stops_the_job_cleanly_and_resume_recovers_it(
                     pass
 
     flags = _flags(tiny_download, small_disk, "full")
-    assert run_search(get_args_parser().parse_args(flags), callbacks=[_AtFirstReport(fill)]) == 1
+    # Full before Ray Tune saves the experiment with the first epoch: that epoch is trained again on resume.
+    assert run_search(get_args_parser().parse_args(flags), callbacks=[_AtFirstReport(fill, wait=True)]) == 1
     err = capsys.readouterr().err
     assert "Stopped: the storage is full" in err
     resume = err.split("Continue with: ", 1)[1].splitlines()[0]
@@ -145,6 +151,16 @@ def test_a_full_storage_path_stops_the_job_cleanly_and_resume_recovers_it(
     assert main([*flags, "--resume"]) == 0
     study = optuna.load_study(study_name="full", storage=f"sqlite:///{small_disk / 'full' / 'optuna.db'}")
     _assert_every_trial_and_epoch_once(small_disk, "full", study)
+    # The trial that had logged its first epoch went on in a new MLflow run; the old one is deleted.
+    from mlflow.entities import ViewType
+
+    client, experiment, parent = _parent("full")
+    children = f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.role = 'trial'"
+    (restarted,) = client.search_runs([experiment], children + " and tags.restarted_from_run != ''")
+    (old,) = client.search_runs([experiment], children, run_view_type=ViewType.DELETED_ONLY)
+    assert (
+        old.data.tags["restarted_as_run"] == restarted.info.run_id and old.data.tags["ray_trial_id"] == restarted.data.tags["ray_trial_id"]
+    )
 
 
 def _failed_trial(tmp_path: Path, error: BaseException):

@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
@@ -365,3 +366,72 @@ def test_an_oversized_request_gets_413_and_the_server_stays_up(tmp_path: Path):
         assert [f.path for f in client.list_artifacts(run.info.run_id)] == ["artifact.bin"]
     finally:
         server.stop()
+
+
+def _epoch(epoch: int, val_loss: float) -> dict:
+    counts = {"val_fractures_detected": 4, "val_fractures_missed": 4, "val_false_alarms": 2, "val_true_negatives": 6}
+    return {"training_iteration": epoch, "val_loss": val_loss, "train_loss": val_loss + 0.5, "val_fracture_f1": 0.5 + epoch / 100, **counts}
+
+
+def test_a_trial_trained_again_from_an_earlier_epoch_keeps_each_epoch_once_from_the_attempt_that_went_on(tmp_path: Path):
+    """A driver restored from a snapshot older than what reached MLflow trains epochs its trial's run
+    already holds: the run's history must hold each epoch once, with the values of the attempt that
+    went on, and no model of the attempt that did not."""
+    import pickle
+
+    from fracture_models.config import TrainConfig
+    from fracture_models.engine import build_training, make_checkpoint, save_checkpoint
+    from tuning.job import JobSpec
+    from tuning.tracking.tracker import SearchTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job = JobSpec.from_json(
+        {
+            **dict.fromkeys(("arch", "weights"), "cnn") | {"weights": "none"},
+            **{"name": "restarted", "num_samples": 1, "epochs": 3, "image_size": 32, "batch_size": 8, "seed": 0},
+            **{"metric": "val_fracture_f1", "team": "t", "user": "u", "data_root": str(tmp_path), "data_fingerprint": "f"},
+            **{"sampler": "tpe", "sampler_seed": 0, "scheduler": {"name": "none"}, "search_space": {}, "baseline": {"lr": 1e-3}},
+        }
+    )
+    checkpoint = make_checkpoint(build_training(TrainConfig(arch="cnn", image_size=32, batch_size=8)), _epoch(3, 1.0))
+    checkpoint_file = save_checkpoint({**checkpoint, "epoch": 3}, tmp_path / "checkpoint.pt")
+
+    @contextmanager
+    def best_checkpoint():
+        yield checkpoint_file
+
+    first = SearchTracker(uri, job, tmp_path / "job")
+    first.start()
+    snapshot = pickle.dumps(first)  # Ray Tune's snapshot of the experiment, taken before the trial reported
+    first.trial_started("t1", {"lr": 1e-3})
+    history = [_epoch(e, 1.0 + e) for e in (1, 2, 3)]
+    for row in history:
+        first.trial_result("t1", row)
+    first.trial_ended("t1", history, failed=False, checkpoint=best_checkpoint, params={"lr": 1e-3})
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("fracture-cnn").experiment_id
+    [old] = client.search_runs([experiment], "tags.ray_trial_id = 't1'")
+    [old_model] = client.search_logged_models([experiment])
+    assert [(m.step, m.value) for m in client.get_metric_history(old.info.run_id, "val_loss")] == [(1, 2.0), (2, 3.0), (3, 4.0)]
+
+    restored = pickle.loads(snapshot)  # the driver killed and restored: the trial goes on from its epoch-1 checkpoint
+    # The outbox replaying a write that had reached MLflow before the kill is no restart.
+    [sent] = [m for m in client.get_metric_history(old.info.run_id, "val_loss") if m.step == 3]
+    restored._send({"op": "epoch", "trial_id": "t1", "step": 3, "metrics": {"val_loss": 4.0}, "timestamp_ms": sent.timestamp})
+    assert client.search_runs([experiment], "tags.ray_trial_id = 't1'")[0].info.run_id == old.info.run_id
+    again = [history[0]] + [_epoch(e, 10.0 + e) for e in (2, 3)]
+    for row in again[1:]:
+        restored.trial_result("t1", row)
+    restored.trial_ended("t1", again, failed=False, checkpoint=best_checkpoint, params={"lr": 1e-3})
+
+    [new] = client.search_runs([experiment], "tags.ray_trial_id = 't1'")
+    assert new.info.run_id != old.info.run_id and new.info.status == "FINISHED"
+    for key, values in (("val_loss", [2.0, 12.0, 13.0]), ("train_loss", [2.5, 12.5, 13.5])):
+        assert [(m.step, m.value) for m in client.get_metric_history(new.info.run_id, key)] == list(zip((1, 2, 3), values)), key
+    assert [(m.step, m.value) for m in client.get_metric_history(new.info.run_id, "best_val_fracture_f1")] == [(3, 0.53)]
+    assert new.data.params == old.data.params and new.data.tags["restarted_from_run"] == old.info.run_id
+    assert new.data.tags["mlflow.parentRunId"] == old.data.tags["mlflow.parentRunId"] and new.data.tags["role"] == "trial"
+    gone = client.get_run(old.info.run_id)
+    assert gone.info.lifecycle_stage == "deleted" and gone.data.tags["restarted_as_run"] == new.info.run_id
+    [model] = client.search_logged_models([experiment])
+    assert model.model_id != old_model.model_id and model.source_run_id == new.info.run_id

@@ -1,5 +1,8 @@
 """The Ray Tune callbacks of a search, on the driver: each trial's MLflow run (with where it ran:
-node and GPU tags, and its best checkpoint as the run's logged model), and the optimiser state a finished trial no longer needs. The only tracking module that imports Ray.
+node and GPU tags, and its best checkpoint as the run's logged model), a finished trial's logs
+(one row per epoch) and the optimiser state a finished trial no longer needs. The only tracking module that imports Ray.
+
+OneRowPerEpoch: a finished trial's result.json and progress.csv hold each epoch once.
 
 DropOptimizerState: a finished trial keeps its weights, not its optimiser state.
 
@@ -12,6 +15,9 @@ filesystem.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
 import shutil
 import signal
@@ -19,7 +25,7 @@ import threading
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 import pyarrow.fs
 from ray import tune
@@ -52,7 +58,7 @@ class MlflowLoggingCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         row = {k: v for k, v in result.items() if k in ("training_iteration", LEARNING_RATE) or k.startswith(REPORTED_PREFIXES)}
         history = self.histories.setdefault(trial.trial_id, [])
-        history[:] = [r for r in history if r["training_iteration"] < row["training_iteration"]] + [row]
+        history[:] = went_on(history, row)
         self.tracker.in_background(partial(self.tracker.trial_result, trial.trial_id, dict(result)))
         placement = placement_of(result)
         if placement is not None:
@@ -97,6 +103,73 @@ def _best_checkpoint_file(kept: list, mode: str, trial_path: str) -> Iterator[Pa
     finally:
         if all(Path(checkpoint.path) != folder for checkpoint, _ in kept):  # downloaded: not the checkpoint itself
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def went_on(rows: list, row: Mapping) -> list:
+    """`rows` (a trial's epochs, oldest first) with `row` taken in: a row for an epoch they already
+    hold is the trial training again from an earlier checkpoint, so the rows from that epoch on,
+    of the attempt that did not go on, give way to it."""
+    return [r for r in rows if int(r["training_iteration"]) < int(row["training_iteration"])] + [row]
+
+
+class OneRowPerEpoch(tune.Callback):
+    """When a trial ends, its result.json and progress.csv hold each epoch once, from the attempt
+    that went on (`went_on`). Tune's loggers append: a trial that trains again epochs it had logged
+    (its driver restored from a snapshot older than its logs) would hold both attempts, and so would
+    what reads them (the summary's best epoch, the learning curves, ExperimentAnalysis). The files are
+    rewritten in place in the driver's folder, before Tune syncs it to the storage path."""
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._keep_one_row_per_epoch(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._keep_one_row_per_epoch(trial)
+
+    def _keep_one_row_per_epoch(self, trial) -> None:
+        folder = Path(trial.local_path)
+        try:
+            _rewrite_rows(folder / "result.json", _json_rows, _json_lines)
+            _rewrite_rows(folder / "progress.csv", _csv_rows, _csv_lines)
+        except (OSError, ValueError, KeyError) as exc:  # the logs as Tune wrote them are no reason to stop a search
+            logger.warning("Could not keep one row per epoch in the logs of trial %s: %s", trial.trial_id, exc)
+
+
+def _rewrite_rows(path: Path, read, write) -> None:
+    """Rewrite `path` in place (Tune's loggers may still hold it open to append) where a restart left
+    rows of an attempt that did not go on."""
+    if not path.is_file():
+        return
+    with path.open("r+", newline="") as file:
+        header, rows = read(file.read())
+        kept: list = []
+        for row in rows:
+            kept = went_on(kept, row)
+        if len(kept) < len(rows):
+            file.seek(0)
+            file.write(write(header, kept))
+            file.truncate()
+
+
+def _json_rows(text: str) -> tuple[None, list[dict]]:
+    return None, [
+        {"training_iteration": json.loads(line)["training_iteration"], "line": line} for line in text.splitlines() if line.strip()
+    ]
+
+
+def _json_lines(header: None, rows: list[dict]) -> str:
+    return "".join(row["line"] + "\n" for row in rows)
+
+
+def _csv_rows(text: str) -> tuple[list[str], list[dict]]:
+    header, *records = list(csv.reader(io.StringIO(text)))
+    column = header.index("training_iteration")
+    return header, [{"training_iteration": int(record[column]), "record": record} for record in records if record]
+
+
+def _csv_lines(header: list[str], rows: list[dict]) -> str:
+    out = io.StringIO()
+    csv.writer(out).writerows([header, *(row["record"] for row in rows)])
+    return out.getvalue()
 
 
 class DropOptimizerState(tune.Callback):

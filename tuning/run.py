@@ -526,7 +526,7 @@ def search_concurrency(resources: Resources) -> int:
 def _run_config(job: Job, name: str, storage_path: str, callbacks: list):
     from ray import tune
 
-    from tuning.callbacks import GracefulStop
+    from tuning.callbacks import GracefulStop, OneRowPerEpoch
     from tuning.progress import search_progress
     from tuning.trainable import CHECKPOINT_SCORE
 
@@ -539,7 +539,7 @@ def _run_config(job: Job, name: str, storage_path: str, callbacks: list):
         ),
         failure_config=tune.FailureConfig(max_failures=job.resources.max_failures),
         progress_reporter=search_progress(job.spec.metric),
-        callbacks=[*callbacks, GracefulStop()],
+        callbacks=[*callbacks, OneRowPerEpoch(), GracefulStop()],
         verbose=1,
     )
 

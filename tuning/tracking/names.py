@@ -15,6 +15,8 @@ TRIALS_METRIC, STOPPED_EARLY_METRIC = "trials", "trials_stopped_early"
 TRIAL_HOURS_METRIC, GPU_HOURS_METRIC = "trial_hours", "gpu_hours"
 # A trial run's tags: how it ended (fracture_models.metrics.run_state) and whether early stopping cut it.
 STATE_TAG, STOPPED_EARLY_TAG = "state", "stopped_early"
+# A trial's run that restarted from an earlier epoch: the new run names the old (deleted) one, and the old the new.
+RESTARTED_FROM_TAG, RESTARTED_AS_TAG = "restarted_from_run", "restarted_as_run"
 # A trial run's metrics at its best epoch (best_metric_name), beside the selection metric's.
 AT_BEST_EPOCH = ("val_fracture_sensitivity", "val_fracture_specificity")
 # How MLflow's UI shows an experiment (tuning.tracking.ui): its kind, the tag MLflow's own kind selector

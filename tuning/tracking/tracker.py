@@ -2,7 +2,10 @@
 child run per trial (role `trial`) or confirmation run (role `confirmation`).
 
 Runs are found again by tags (`job_name` on the parent, `ray_trial_id` on a child), so a
-resumed or replayed job reuses its runs instead of creating new ones.
+resumed or replayed job reuses its runs instead of creating new ones. Each epoch is in a run's
+history once, from the attempt that went on: a trial that trains again epochs its run already
+holds (its driver was restored from a snapshot older than what reached MLflow) gets a new run
+holding the epochs before them, and the old run is deleted (`_restart_run`).
 
 What the search's callbacks ask for (a trial's run, metrics, plots, tags) is done in order on one
 background thread (`in_background`), so Ray Tune's loop never waits for plotting or for the
@@ -33,6 +36,8 @@ from tuning.tracking.names import (
     GPU_HOURS_METRIC,
     JOB_TAG,
     MODEL_TYPE,
+    RESTARTED_AS_TAG,
+    RESTARTED_FROM_TAG,
     ROLE_TAG,
     SEARCH_ROLE,
     STATE_TAG,
@@ -74,7 +79,8 @@ class SearchTracker:
         self.parent_run_id: str | None = job.mlflow_parent_run_id
         self._client = None
         self._outbox: Outbox | None = None
-        self._runs: dict[str, str] = {}
+        self._runs: dict[str, str] = {}  # trial id -> its run; found again by tag after a restore
+        self._last_epoch: dict[str, int] = {}  # run id -> the last epoch it holds, as read from MLflow
         self._background: ThreadPoolExecutor | None = None
         self._last_work: Future | None = None
 
@@ -87,7 +93,9 @@ class SearchTracker:
 
     def __getstate__(self) -> dict:
         live = ("_client", "_outbox", "_background", "_last_work")
-        return {k: v for k, v in self.__dict__.items() if k not in live} | dict.fromkeys(live)
+        # What MLflow holds is read again after a restore: a snapshot's copy may be older than the runs.
+        cached = {"_runs": {}, "_last_epoch": {}}
+        return {k: v for k, v in self.__dict__.items() if k not in live} | dict.fromkeys(live) | cached
 
     # -- plumbing ---------------------------------------------------------------------------
     @property
@@ -236,6 +244,60 @@ class SearchTracker:
         for start in range(0, len(batch), 500):
             self.client.log_batch(run_id, metrics=batch[start : start + 500])
 
+    def _op_epoch(self, trial_id: str, step: int, metrics: dict, timestamp_ms: int) -> None:
+        """One epoch's metrics in its trial's run. An epoch the run already holds is either this very
+        write, sent before a restart and replayed by the outbox (skipped), or an epoch trained again
+        from an earlier checkpoint than the run reached: the run restarts from it (`_restart_run`)."""
+        if not metrics:
+            return
+        run_id = self._run_for(trial_id)
+        if step <= self._epochs_held(run_id, metrics):
+            logged = [m for m in self.client.get_metric_history(run_id, min(metrics)) if m.step == step]
+            if any(m.timestamp == timestamp_ms for m in logged):
+                return
+            run_id = self._restart_run(trial_id, run_id, step)
+        self._op_metrics(trial_id, step, metrics, timestamp_ms)
+        self._last_epoch[run_id] = step
+
+    def _epochs_held(self, run_id: str, metrics: Mapping) -> int:
+        """The last epoch `run_id` holds (0: none), read from MLflow once per run and driver."""
+        if run_id not in self._last_epoch:
+            history = self.client.get_metric_history(run_id, min(metrics))
+            self._last_epoch[run_id] = max((m.step for m in history), default=0)
+        return self._last_epoch[run_id]
+
+    def _restart_run(self, trial_id: str, old_run_id: str, step: int) -> str:
+        """A new run for a trial that trains `step` again while its run holds that epoch and later ones
+        from an attempt that did not go on. The old run's params, tags and epochs before `step` are
+        copied into it. The old run (tagged with the new one's id) is deleted, as are the trial's
+        logged models: their checkpoints are not the ones the trial goes on from. Returns the new run's id."""
+        from mlflow.entities import Metric, Param
+
+        old = self.client.get_run(old_run_id)
+        tags = {k: v for k, v in old.data.tags.items() if k != "mlflow.runName"} | {STATE_TAG: "running", RESTARTED_FROM_TAG: old_run_id}
+        new_run_id = self.client.create_run(self._experiment(), run_name=old.info.run_name, tags=tags).info.run_id
+        self.client.log_batch(new_run_id, params=[Param(k, v) for k, v in old.data.params.items()])
+        kept = [
+            Metric(m.key, m.value, m.timestamp, m.step)
+            for key in old.data.metrics
+            if key.startswith(REPORTED_PREFIXES) or key == LEARNING_RATE
+            for m in self.client.get_metric_history(old_run_id, key)
+            if m.step < step
+        ]
+        for start in range(0, len(kept), 500):
+            self.client.log_batch(new_run_id, metrics=kept[start : start + 500])
+        for model in self._job_models(f"tags.{TRIAL_TAG} = '{trial_id}'"):
+            self._delete_model(model)
+        self.client.set_tag(old_run_id, RESTARTED_AS_TAG, new_run_id)
+        self.client.set_terminated(old_run_id, "KILLED")
+        self.client.delete_run(old_run_id)
+        logger.info(
+            "Trial %s trains epoch %d again: its MLflow run %s goes on as %s from epoch %d", trial_id, step, old_run_id, new_run_id, step
+        )
+        self._runs[trial_id] = new_run_id
+        self._last_epoch[new_run_id] = step - 1
+        return new_run_id
+
     def _op_tags(self, trial_id: str | None, tags: dict) -> None:
         from mlflow.entities import RunTag
 
@@ -330,13 +392,17 @@ class SearchTracker:
         )
 
     def _keep_top(self) -> None:
-        """Remove the logged models (their artifacts, then the model) beyond the job's K best."""
+        """Remove the logged models beyond the job's K best."""
+        for model in self._ranked_models()[self._policy().top :]:
+            self._delete_model(model)
+            logger.info("Removed the logged model of %s: no longer among the job's %d best", model.name, self._policy().top)
+
+    def _delete_model(self, model) -> None:
+        """A logged model's artifacts, then the model."""
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-        for model in self._ranked_models()[self._policy().top :]:
-            get_artifact_repository(model.artifact_location, tracking_uri=self.uri).delete_artifacts()
-            self.client.delete_logged_model(model.model_id)
-            logger.info("Removed the logged model of %s: no longer among the job's %d best", model.name, self._policy().top)
+        get_artifact_repository(model.artifact_location, tracking_uri=self.uri).delete_artifacts()
+        self.client.delete_logged_model(model.model_id)
 
     def _op_register(self, model_dir: str, description: dict) -> None:
         self._register(model_dir, description)
@@ -358,7 +424,7 @@ class SearchTracker:
     def trial_result(self, trial_id: str, result: Mapping) -> None:
         metrics = {k: v for k, v in result.items() if (k.startswith(REPORTED_PREFIXES) or k == LEARNING_RATE) and _is_number(v)}
         self.submit(
-            "metrics", trial_id=trial_id, step=int(result["training_iteration"]), metrics=metrics, timestamp_ms=int(time.time() * 1000)
+            "epoch", trial_id=trial_id, step=int(result["training_iteration"]), metrics=metrics, timestamp_ms=int(time.time() * 1000)
         )
 
     def trial_placed(self, trial_id: str, placement: Mapping[str, str]) -> None:
