@@ -387,10 +387,24 @@ def test_a_trial_trained_again_from_an_earlier_epoch_keeps_each_epoch_once_from_
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     job = JobSpec.from_json(
         {
-            **dict.fromkeys(("arch", "weights"), "cnn") | {"weights": "none"},
-            **{"name": "restarted", "num_samples": 1, "epochs": 3, "image_size": 32, "batch_size": 8, "seed": 0},
-            **{"metric": "val_fracture_f1", "team": "t", "user": "u", "data_root": str(tmp_path), "data_fingerprint": "f"},
-            **{"sampler": "tpe", "sampler_seed": 0, "scheduler": {"name": "none"}, "search_space": {}, "baseline": {"lr": 1e-3}},
+            "name": "restarted",
+            "arch": "cnn",
+            "weights": "none",
+            "num_samples": 1,
+            "epochs": 3,
+            "image_size": 32,
+            "batch_size": 8,
+            "seed": 0,
+            "metric": "val_fracture_f1",
+            "team": "t",
+            "user": "u",
+            "data_root": str(tmp_path),
+            "data_fingerprint": "f",
+            "sampler": "tpe",
+            "sampler_seed": 0,
+            "scheduler": {"name": "none"},
+            "search_space": {},
+            "baseline": {"lr": 1e-3},
         }
     )
     checkpoint = make_checkpoint(build_training(TrainConfig(arch="cnn", image_size=32, batch_size=8)), _epoch(3, 1.0))

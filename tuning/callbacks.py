@@ -33,7 +33,7 @@ from ray import tune
 from tuning.placement import placement_of
 from tuning.summary import scored_checkpoint_dir
 from tuning.tracking.names import TRIAL_ROLE
-from tuning.tracking.tracker import LEARNING_RATE, REPORTED_PREFIXES, SearchTracker
+from tuning.tracking.tracker import SearchTracker, is_epoch_metric
 from tuning.trainable import CHECKPOINT_FILE, CHECKPOINT_SCORE, OPTIMIZER_FILE
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class MlflowLoggingCallback(tune.Callback):
         self.tracker.in_background(partial(self.tracker.trial_started, trial.trial_id, params, role=self.role))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        row = {k: v for k, v in result.items() if k in ("training_iteration", LEARNING_RATE) or k.startswith(REPORTED_PREFIXES)}
+        row = {k: v for k, v in result.items() if k == "training_iteration" or is_epoch_metric(k)}
         history = self.histories.setdefault(trial.trial_id, [])
         history[:] = went_on(history, row)
         self.tracker.in_background(partial(self.tracker.trial_result, trial.trial_id, dict(result)))

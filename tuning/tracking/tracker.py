@@ -280,7 +280,7 @@ class SearchTracker:
         kept = [
             Metric(m.key, m.value, m.timestamp, m.step)
             for key in old.data.metrics
-            if key.startswith(REPORTED_PREFIXES) or key == LEARNING_RATE
+            if is_epoch_metric(key)
             for m in self.client.get_metric_history(old_run_id, key)
             if m.step < step
         ]
@@ -422,7 +422,7 @@ class SearchTracker:
         self.submit("trial_start", trial_id=trial_id, params=dict(params), role=role)
 
     def trial_result(self, trial_id: str, result: Mapping) -> None:
-        metrics = {k: v for k, v in result.items() if (k.startswith(REPORTED_PREFIXES) or k == LEARNING_RATE) and _is_number(v)}
+        metrics = {k: v for k, v in result.items() if is_epoch_metric(k) and _is_number(v)}
         self.submit(
             "epoch", trial_id=trial_id, step=int(result["training_iteration"]), metrics=metrics, timestamp_ms=int(time.time() * 1000)
         )
@@ -641,6 +641,11 @@ def _logged(work: Callable[[], None]) -> None:
         work()
     except Exception:  # noqa: BLE001 - reported, not raised into a thread nobody joins for its result
         logger.exception("MLflow tracking of a trial failed")
+
+
+def is_epoch_metric(key: str) -> bool:
+    """A metric a trial reports each epoch (its run's history), not Ray's bookkeeping."""
+    return key.startswith(REPORTED_PREFIXES) or key == LEARNING_RATE
 
 
 def _is_number(value: Any) -> bool:
